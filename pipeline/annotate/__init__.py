@@ -1,0 +1,1 @@
+"""Annotations and measurements with full history (a later issue)."""

@@ -1,0 +1,122 @@
+"""Settings: one pydantic-settings object per process, made by :func:`get_settings`.
+
+Every key is read from a ``LIGHTBOX_<KEY>`` environment variable, then from an
+optional TOML file named by ``LIGHTBOX_CONFIG``, then from the defaults below.
+``lightbox.example.toml`` at the top of the repository documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class DuplicatePolicy(str, Enum):
+    """What a re-sent SOP Instance UID does (see README, "Re-sent instances").
+
+    ``keep``: the first stored copy stays; the re-send is answered Success and
+    logged (what Orthanc and dcm4chee do by default, so that a modality's retry
+    queue does not block). ``replace``: the new copy replaces the old one
+    atomically. ``reject``: the re-send is refused with status 0111H
+    (Duplicate SOP Instance, PS3.7 C.4.2). An identical re-send (same SHA-256)
+    is always Success and changes nothing.
+    """
+
+    KEEP = "keep"
+    REPLACE = "replace"
+    REJECT = "reject"
+
+
+class Settings(BaseSettings):
+    """Lightbox settings. See ``lightbox.example.toml`` for each key."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTBOX_", extra="forbid")
+
+    data_dir: Path = Field(Path("./lightbox-data"), description="Root for all local data.")
+    storage_url: str | None = Field(
+        None,
+        description="fsspec URL of the blob store; default file://<data_dir>/blobs.",
+    )
+    index_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the index; default sqlite:///<data_dir>/index.sqlite.",
+    )
+    ae_title: str = Field("LIGHTBOX", description="Our AE title (called AE checked).")
+    dicom_host: str = Field("0.0.0.0", description="Address the DICOM SCP listens on.")
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_aes: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Calling AE titles allowed to associate; '*' allows any.",
+    )
+    require_called_ae: bool = Field(True, description="Refuse associations to another AE title.")
+    accept_unknown_sop_classes: bool = Field(
+        False,
+        description="Store instances of SOP classes pynetdicom does not know (private ones).",
+    )
+    max_associations: int = Field(64, ge=1, description="Concurrent associations per actor.")
+    max_pdu_size: int = Field(262144, ge=0, description="Max PDU we receive (0: unlimited).")
+    network_timeout: float = Field(60.0, gt=0, description="Seconds of silence before abort.")
+    max_dataset_bytes: int = Field(
+        2 * 1024**3, gt=0, description="Largest dataset accepted by STOW-RS and import."
+    )
+    duplicate_policy: DuplicatePolicy = Field(DuplicatePolicy.KEEP)
+    ingest_actors: int = Field(
+        default_factory=lambda: max(2, os.cpu_count() or 1),
+        ge=1,
+        description="Ingest actors (processes) sharing the DICOM port.",
+    )
+    http_host: str = Field("0.0.0.0")
+    http_port: int = Field(8080, ge=0, le=65535)
+    ray_address: str | None = Field(
+        None, description="Ray cluster address; empty starts an embedded local Ray."
+    )
+    log_level: str = Field("INFO")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        # PS3.5 6.2: AE is 16 characters at most, no backslash or control characters.
+        value = value.strip()
+        if not value or len(value) > 16 or "\\" in value or not value.isprintable():
+            raise ValueError("an AE title is 1 to 16 printable characters without '\\'")
+        return value
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.data_dir / 'blobs').resolve()}"
+
+    @property
+    def resolved_index_url(self) -> str:
+        return self.index_url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("LIGHTBOX_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"LIGHTBOX_CONFIG names a missing file: {config_file}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Make the process's settings; keyword overrides win over every source."""
+    return Settings(**overrides)

@@ -1,0 +1,96 @@
+"""Domain errors and the one table that maps each to a DIMSE and an HTTP status.
+
+Protocol adapters (the SCPs, the HTTP routes, the CLI) catch
+:class:`LightboxError` and translate it with :attr:`LightboxError.dimse_status`
+or :attr:`LightboxError.http_status`; nothing else in the code picks a status.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LightboxError(Exception):
+    """Base of every domain error; ``reason`` is safe to log (no PHI)."""
+
+    #: DIMSE status (PS3.7 Annex C, PS3.4 B.2.3 for C-STORE).
+    dimse_status: ClassVar[int] = 0xC000
+    #: HTTP status (PS3.18 10.5.3 for STOW-RS).
+    http_status: ClassVar[int] = 500
+    #: STOW-RS Failure Reason (0008,1197) (PS3.18 Table 10.5.3-2 / PS3.4 B.2.3).
+    failure_reason: ClassVar[int] = 0x0110
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidDataset(LightboxError):
+    """The bytes are not a DICOM dataset we can parse (PS3.4 B.2.3 "Cannot understand")."""
+
+    dimse_status = 0xC000
+    http_status = 400
+    failure_reason = 0xC000
+
+
+class DatasetMismatch(LightboxError):
+    """Required attributes missing or inconsistent with the request (A900H)."""
+
+    dimse_status = 0xA900
+    http_status = 409
+    failure_reason = 0xA900
+
+
+class StudyMismatch(LightboxError):
+    """STOW-RS to a study URL with an instance of another study (PS3.18 10.5.3)."""
+
+    dimse_status = 0xA900
+    http_status = 409
+    failure_reason = 0xA900
+
+
+class DuplicateInstance(LightboxError):
+    """Re-sent SOP Instance UID refused by the ``reject`` policy (0111H)."""
+
+    dimse_status = 0x0111
+    http_status = 409
+    failure_reason = 0x0111
+
+
+class TooLarge(LightboxError):
+    """The dataset is over the configured size limit (out of resources, A700H)."""
+
+    dimse_status = 0xA700
+    http_status = 413
+    failure_reason = 0xA700
+
+
+class OutOfResources(LightboxError):
+    """Storage or index unavailable: the instance was not stored (A700H, 503)."""
+
+    dimse_status = 0xA700
+    http_status = 503
+    failure_reason = 0xA700
+
+
+class NotFound(LightboxError):
+    """No such resource."""
+
+    dimse_status = 0xC000
+    http_status = 404
+    failure_reason = 0x0110
+
+
+#: The table, for documentation and tests: error class -> (DIMSE, HTTP).
+ERROR_TABLE: dict[type[LightboxError], tuple[int, int]] = {
+    cls: (cls.dimse_status, cls.http_status)
+    for cls in (
+        InvalidDataset,
+        DatasetMismatch,
+        StudyMismatch,
+        DuplicateInstance,
+        TooLarge,
+        OutOfResources,
+        NotFound,
+    )
+}

@@ -1,0 +1,73 @@
+"""The index interface: what every metadata database backend offers.
+
+One contract test (``tests/pipeline/index/test_index_contract.py``) runs
+against every backend (SQLite and PostgreSQL through SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from pipeline.config import DuplicatePolicy
+from pipeline.index.records import (
+    IndexCounts,
+    InstanceRow,
+    ParsedHeader,
+    Provenance,
+    RecordResult,
+    SeriesRow,
+    StoredBlob,
+    StudyRow,
+    WorkItem,
+)
+
+
+@runtime_checkable
+class Index(Protocol):
+    """Metadata of every stored instance, and the durable pipeline work queue."""
+
+    def record_instance(
+        self,
+        header: ParsedHeader,
+        blob: StoredBlob,
+        provenance: Provenance,
+        duplicate_policy: DuplicatePolicy,
+        stages: tuple[str, ...] = ("decode",),
+    ) -> RecordResult:
+        """Insert or update one instance and queue its pipeline work, in one commit.
+
+        Returns only once the transaction is durable. Raises
+        :class:`pipeline.errors.DuplicateInstance` under the ``reject`` policy.
+        """
+
+    def get_instance(self, sop_instance_uid: str) -> InstanceRow | None: ...
+
+    def list_instances(
+        self, study_instance_uid: str | None = None, series_instance_uid: str | None = None
+    ) -> list[InstanceRow]: ...
+
+    def get_series(self, series_instance_uid: str) -> SeriesRow | None: ...
+
+    def get_study(self, study_instance_uid: str) -> StudyRow | None: ...
+
+    def search_studies(
+        self,
+        *,
+        patient_id: str | None = None,
+        accession_number: str | None = None,
+        study_date_from: str | None = None,
+        study_date_to: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StudyRow]: ...
+
+    def counts(self) -> IndexCounts: ...
+
+    def claim_work(self, stage: str, limit: int, lease_seconds: float = 300.0) -> list[WorkItem]:
+        """Claim up to ``limit`` pending items (or claimed items whose lease ran out)."""
+
+    def complete_work(self, pks: list[int]) -> None: ...
+
+    def fail_work(self, pk: int, reason: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,161 @@
+"""Tables of the index (SQLAlchemy Core). Alembic migrations create them.
+
+The attributes are those C-FIND matches and returns at each level
+(PS3.4 C.6.1.1.2-5, Patient Root and Study Root) and those QIDO-RS requires
+(PS3.18 10.6.3.3): they are kept in columns so that a search never opens a file.
+``patient_name_search`` holds the name upper-cased for the case-insensitive
+matching of PN that PS3.4 C.2.2.2.1 allows.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class PixelState(str, enum.Enum):
+    """Where the decode stage stands for an instance."""
+
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    NONE = "none"  # no pixel data (SR, PDF, waveform...)
+
+
+class WorkState(str, enum.Enum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+    FAILED = "failed"
+
+
+UID = String(64)  # PS3.5 6.2: UI is at most 64 characters.
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_id", String, nullable=False, default=""),
+    Column("issuer_of_patient_id", String, nullable=False, default=""),
+    Column("patient_name", String, nullable=False, default=""),
+    Column("patient_name_search", String, nullable=False, default=""),
+    Column("patient_birth_date", String, nullable=False, default=""),
+    Column("patient_sex", String, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("patient_id", "issuer_of_patient_id"),
+    Index(None, "patient_name_search"),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_instance_uid", UID, nullable=False, unique=True),
+    Column("patient_pk", ForeignKey("patients.pk"), nullable=False, index=True),
+    Column("study_date", String, nullable=False, default=""),
+    Column("study_time", String, nullable=False, default=""),
+    Column("accession_number", String, nullable=False, default=""),
+    Column("study_id", String, nullable=False, default=""),
+    Column("study_description", String, nullable=False, default=""),
+    Column("referring_physician_name", String, nullable=False, default=""),
+    Column("modalities_in_study", String, nullable=False, default=""),
+    Column("number_of_series", Integer, nullable=False, default=0),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "study_date"),
+    Index(None, "accession_number"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_instance_uid", UID, nullable=False, unique=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    Column("modality", String, nullable=False, default=""),
+    Column("series_number", Integer, nullable=True),
+    Column("series_description", String, nullable=False, default=""),
+    Column("series_date", String, nullable=False, default=""),
+    Column("series_time", String, nullable=False, default=""),
+    Column("body_part_examined", String, nullable=False, default=""),
+    Column("performed_procedure_step_start_date", String, nullable=False, default=""),
+    Column("performed_procedure_step_start_time", String, nullable=False, default=""),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "modality"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("series_pk", ForeignKey("series.pk"), nullable=False, index=True),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("instance_number", Integer, nullable=True),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("rows", Integer, nullable=True),
+    Column("columns", Integer, nullable=True),
+    Column("number_of_frames", Integer, nullable=True),
+    Column("bits_allocated", Integer, nullable=True),
+    Column("photometric_interpretation", String, nullable=False, default=""),
+    Column("content_date", String, nullable=False, default=""),
+    Column("content_time", String, nullable=False, default=""),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("storage_key", String(128), nullable=False, unique=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("calling_ae", String, nullable=False, default=""),
+    Column("source", String, nullable=False),
+    Column(
+        "pixel_state",
+        Enum(PixelState, name="pixel_state", values_callable=lambda e: [m.value for m in e]),
+        nullable=False,
+    ),
+    Column("pixel_error", Text, nullable=True),
+)
+
+work_items = Table(
+    "work_items",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("instance_pk", ForeignKey("instances.pk", ondelete="CASCADE"), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column(
+        "state",
+        Enum(WorkState, name="work_state", values_callable=lambda e: [m.value for m in e]),
+        nullable=False,
+    ),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "stage", "state"),
+    Index(None, "instance_pk"),
+)

@@ -1,0 +1,547 @@
+"""The index on SQLAlchemy 2 Core: SQLite (WAL) by default, PostgreSQL by URL.
+
+Durability: SQLite runs in WAL mode with ``synchronous=FULL`` so that a commit
+is on disk when :meth:`SqlIndex.record_instance` returns; PostgreSQL's default
+``synchronous_commit=on`` gives the same. Write transactions on SQLite begin
+with ``BEGIN IMMEDIATE`` so that concurrent ingest processes queue on the write
+lock instead of failing on an upgrade from a read lock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from pipeline.config import DuplicatePolicy
+from pipeline.errors import DuplicateInstance, OutOfResources
+from pipeline.index.records import (
+    IndexCounts,
+    InstanceRow,
+    ParsedHeader,
+    Provenance,
+    RecordOutcome,
+    RecordResult,
+    SeriesRow,
+    StoredBlob,
+    StudyRow,
+    WorkItem,
+)
+from pipeline.index.schema import (
+    PixelState,
+    WorkState,
+    instances,
+    patients,
+    series,
+    studies,
+    work_items,
+)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine with the pragmas and pooling each backend needs."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own
+            # transaction handling cannot do BEGIN IMMEDIATE).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get("lightbox_write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class SqlIndex:
+    """:class:`pipeline.index.protocol.Index` on SQLAlchemy."""
+
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        self.url = url
+        self._engine = engine or make_engine(url)
+
+    # -- transactions -------------------------------------------------------
+
+    def _write(self) -> Connection:
+        return self._engine.connect().execution_options(lightbox_write=True)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- ingest -------------------------------------------------------------
+
+    def record_instance(
+        self,
+        header: ParsedHeader,
+        blob: StoredBlob,
+        provenance: Provenance,
+        duplicate_policy: DuplicatePolicy,
+        stages: tuple[str, ...] = ("decode",),
+    ) -> RecordResult:
+        try:
+            with self._write() as conn, conn.begin():
+                return self._record(conn, header, blob, provenance, duplicate_policy, stages)
+        except IntegrityError:
+            # Another process created the same patient/study/series/instance
+            # between our read and our insert (PostgreSQL only: SQLite writers
+            # are serialised). The retry sees their row.
+            with self._write() as conn, conn.begin():
+                return self._record(conn, header, blob, provenance, duplicate_policy, stages)
+        except OperationalError as exc:
+            raise OutOfResources(f"index unavailable: {type(exc.orig).__name__}") from exc
+
+    def _record(
+        self,
+        conn: Connection,
+        header: ParsedHeader,
+        blob: StoredBlob,
+        provenance: Provenance,
+        policy: DuplicatePolicy,
+        stages: tuple[str, ...],
+    ) -> RecordResult:
+        now = _now()
+        inst = header.instance
+        existing = conn.execute(
+            select(instances.c.pk, instances.c.sha256, instances.c.storage_key, instances.c.series_pk)
+            .where(instances.c.sop_instance_uid == inst.sop_instance_uid)
+        ).first()
+        if existing is not None:
+            if existing.sha256 == blob.sha256:
+                return RecordResult(RecordOutcome.IDENTICAL, orphaned_key=blob.storage_key)
+            if policy is DuplicatePolicy.REJECT:
+                raise DuplicateInstance("SOP Instance UID already stored with other content")
+            if policy is DuplicatePolicy.KEEP:
+                return RecordResult(RecordOutcome.KEPT_EXISTING, orphaned_key=blob.storage_key)
+
+        patient_pk = self._patient_pk(conn, header, now)
+        study_pk, new_study = self._study_pk(conn, header, patient_pk, now)
+        series_pk, new_series = self._series_pk(conn, header, study_pk, now)
+        pixel_state = PixelState.PENDING if inst.has_pixel_data else PixelState.NONE
+        values = dict(
+            sop_class_uid=inst.sop_class_uid,
+            instance_number=inst.instance_number,
+            transfer_syntax_uid=blob.transfer_syntax_uid,
+            rows=inst.rows,
+            columns=inst.columns,
+            number_of_frames=inst.number_of_frames,
+            bits_allocated=inst.bits_allocated,
+            photometric_interpretation=inst.photometric_interpretation,
+            content_date=inst.content_date,
+            content_time=inst.content_time,
+            size=blob.size,
+            sha256=blob.sha256,
+            storage_key=blob.storage_key,
+            received_at=provenance.received_at,
+            calling_ae=provenance.calling_ae,
+            source=provenance.source,
+            pixel_state=pixel_state,
+            pixel_error=None,
+        )
+        if existing is None:
+            instance_pk = conn.execute(
+                insert(instances)
+                .values(sop_instance_uid=inst.sop_instance_uid, series_pk=series_pk, **values)
+                .returning(instances.c.pk)
+            ).scalar_one()
+            self._count_instance(conn, series_pk, study_pk, now)
+            outcome, orphan = RecordOutcome.STORED, None
+        else:
+            # REPLACED: the row now points at the new blob. If the series moved
+            # (a corrected re-send), the counts follow it.
+            instance_pk = existing.pk
+            conn.execute(
+                update(instances)
+                .where(instances.c.pk == instance_pk)
+                .values(series_pk=series_pk, **values)
+            )
+            if existing.series_pk != series_pk:
+                old_study_pk = conn.execute(
+                    select(series.c.study_pk).where(series.c.pk == existing.series_pk)
+                ).scalar_one()
+                self._count_instance(conn, existing.series_pk, old_study_pk, now, delta=-1)
+                self._count_instance(conn, series_pk, study_pk, now)
+            conn.execute(
+                update(work_items)
+                .where(
+                    work_items.c.instance_pk == instance_pk,
+                    work_items.c.state.in_([WorkState.PENDING, WorkState.CLAIMED]),
+                )
+                .values(state=WorkState.DONE, updated_at=now, error="superseded")
+            )
+            outcome, orphan = RecordOutcome.REPLACED, existing.storage_key
+        if new_series or new_study:
+            self._refresh_study_modalities(conn, study_pk)
+        if inst.has_pixel_data and stages:
+            conn.execute(
+                insert(work_items),
+                [
+                    dict(
+                        instance_pk=instance_pk,
+                        stage=stage,
+                        state=WorkState.PENDING,
+                        attempts=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    for stage in stages
+                ],
+            )
+        return RecordResult(outcome, orphaned_key=orphan)
+
+    def _patient_pk(self, conn: Connection, header: ParsedHeader, now: datetime) -> int:
+        p = header.patient
+        pk = conn.execute(
+            select(patients.c.pk).where(
+                patients.c.patient_id == p.patient_id,
+                patients.c.issuer_of_patient_id == p.issuer_of_patient_id,
+            )
+        ).scalar()
+        if pk is not None:
+            return pk
+        return conn.execute(
+            insert(patients)
+            .values(
+                patient_id=p.patient_id,
+                issuer_of_patient_id=p.issuer_of_patient_id,
+                patient_name=p.patient_name,
+                patient_name_search=p.patient_name.upper(),
+                patient_birth_date=p.patient_birth_date,
+                patient_sex=p.patient_sex,
+                created_at=now,
+            )
+            .returning(patients.c.pk)
+        ).scalar_one()
+
+    def _study_pk(
+        self, conn: Connection, header: ParsedHeader, patient_pk: int, now: datetime
+    ) -> tuple[int, bool]:
+        s = header.study
+        pk = conn.execute(
+            select(studies.c.pk).where(studies.c.study_instance_uid == s.study_instance_uid)
+        ).scalar()
+        if pk is not None:
+            return pk, False
+        pk = conn.execute(
+            insert(studies)
+            .values(
+                study_instance_uid=s.study_instance_uid,
+                patient_pk=patient_pk,
+                study_date=s.study_date,
+                study_time=s.study_time,
+                accession_number=s.accession_number,
+                study_id=s.study_id,
+                study_description=s.study_description,
+                referring_physician_name=s.referring_physician_name,
+                modalities_in_study="",
+                number_of_series=0,
+                number_of_instances=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(studies.c.pk)
+        ).scalar_one()
+        return pk, True
+
+    def _series_pk(
+        self, conn: Connection, header: ParsedHeader, study_pk: int, now: datetime
+    ) -> tuple[int, bool]:
+        s = header.series
+        pk = conn.execute(
+            select(series.c.pk).where(series.c.series_instance_uid == s.series_instance_uid)
+        ).scalar()
+        if pk is not None:
+            return pk, False
+        pk = conn.execute(
+            insert(series)
+            .values(
+                series_instance_uid=s.series_instance_uid,
+                study_pk=study_pk,
+                modality=s.modality,
+                series_number=s.series_number,
+                series_description=s.series_description,
+                series_date=s.series_date,
+                series_time=s.series_time,
+                body_part_examined=s.body_part_examined,
+                performed_procedure_step_start_date=s.performed_procedure_step_start_date,
+                performed_procedure_step_start_time=s.performed_procedure_step_start_time,
+                number_of_instances=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(series.c.pk)
+        ).scalar_one()
+        conn.execute(
+            update(studies)
+            .where(studies.c.pk == study_pk)
+            .values(number_of_series=studies.c.number_of_series + 1, updated_at=now)
+        )
+        return pk, True
+
+    @staticmethod
+    def _count_instance(
+        conn: Connection, series_pk: int, study_pk: int, now: datetime, delta: int = 1
+    ) -> None:
+        conn.execute(
+            update(series)
+            .where(series.c.pk == series_pk)
+            .values(number_of_instances=series.c.number_of_instances + delta, updated_at=now)
+        )
+        conn.execute(
+            update(studies)
+            .where(studies.c.pk == study_pk)
+            .values(number_of_instances=studies.c.number_of_instances + delta, updated_at=now)
+        )
+
+    @staticmethod
+    def _refresh_study_modalities(conn: Connection, study_pk: int) -> None:
+        # Modalities in Study (0008,0061) is derived from the series (PS3.4 C.6.1.1.3).
+        modalities = conn.execute(
+            select(series.c.modality)
+            .where(series.c.study_pk == study_pk, series.c.modality != "")
+            .distinct()
+            .order_by(series.c.modality)
+        ).scalars()
+        conn.execute(
+            update(studies)
+            .where(studies.c.pk == study_pk)
+            .values(modalities_in_study="\\".join(modalities))
+        )
+
+    # -- reads --------------------------------------------------------------
+
+    _instance_columns = (
+        instances.c.sop_instance_uid,
+        instances.c.sop_class_uid,
+        series.c.series_instance_uid,
+        studies.c.study_instance_uid,
+        patients.c.patient_id,
+        instances.c.instance_number,
+        instances.c.transfer_syntax_uid,
+        instances.c.rows,
+        instances.c.columns,
+        instances.c.number_of_frames,
+        instances.c.size,
+        instances.c.sha256,
+        instances.c.storage_key,
+        instances.c.received_at,
+        instances.c.calling_ae,
+        instances.c.source,
+        instances.c.pixel_state,
+        instances.c.pixel_error,
+    )
+
+    def _instance_query(self):  # type: ignore[no-untyped-def]
+        return (
+            select(*self._instance_columns)
+            .join(series, instances.c.series_pk == series.c.pk)
+            .join(studies, series.c.study_pk == studies.c.pk)
+            .join(patients, studies.c.patient_pk == patients.c.pk)
+        )
+
+    def get_instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                self._instance_query().where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return InstanceRow(*row) if row else None
+
+    def list_instances(
+        self, study_instance_uid: str | None = None, series_instance_uid: str | None = None
+    ) -> list[InstanceRow]:
+        query = self._instance_query()
+        if study_instance_uid is not None:
+            query = query.where(studies.c.study_instance_uid == study_instance_uid)
+        if series_instance_uid is not None:
+            query = query.where(series.c.series_instance_uid == series_instance_uid)
+        query = query.order_by(instances.c.instance_number, instances.c.pk)
+        with self._engine.connect() as conn:
+            return [InstanceRow(*row) for row in conn.execute(query)]
+
+    def get_series(self, series_instance_uid: str) -> SeriesRow | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    series.c.series_instance_uid,
+                    studies.c.study_instance_uid,
+                    series.c.modality,
+                    series.c.series_number,
+                    series.c.series_description,
+                    series.c.number_of_instances,
+                )
+                .join(studies, series.c.study_pk == studies.c.pk)
+                .where(series.c.series_instance_uid == series_instance_uid)
+            ).first()
+        return SeriesRow(*row) if row else None
+
+    _study_columns = (
+        studies.c.study_instance_uid,
+        patients.c.patient_id,
+        patients.c.patient_name,
+        patients.c.patient_birth_date,
+        patients.c.patient_sex,
+        studies.c.study_date,
+        studies.c.study_time,
+        studies.c.accession_number,
+        studies.c.study_id,
+        studies.c.study_description,
+        studies.c.referring_physician_name,
+        studies.c.modalities_in_study,
+        studies.c.number_of_series,
+        studies.c.number_of_instances,
+    )
+
+    @staticmethod
+    def _study_row(row: Any) -> StudyRow:
+        values = list(row)
+        values[11] = tuple(m for m in values[11].split("\\") if m)
+        return StudyRow(*values)
+
+    def get_study(self, study_instance_uid: str) -> StudyRow | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(*self._study_columns)
+                .join(patients, studies.c.patient_pk == patients.c.pk)
+                .where(studies.c.study_instance_uid == study_instance_uid)
+            ).first()
+        return self._study_row(row) if row else None
+
+    def search_studies(
+        self,
+        *,
+        patient_id: str | None = None,
+        accession_number: str | None = None,
+        study_date_from: str | None = None,
+        study_date_to: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StudyRow]:
+        query = select(*self._study_columns).join(patients, studies.c.patient_pk == patients.c.pk)
+        if patient_id is not None:
+            query = query.where(patients.c.patient_id == patient_id)
+        if accession_number is not None:
+            query = query.where(studies.c.accession_number == accession_number)
+        if study_date_from:
+            query = query.where(studies.c.study_date >= study_date_from)
+        if study_date_to:
+            query = query.where(studies.c.study_date <= study_date_to)
+        query = query.order_by(studies.c.pk).limit(limit).offset(offset)
+        with self._engine.connect() as conn:
+            return [self._study_row(row) for row in conn.execute(query)]
+
+    def counts(self) -> IndexCounts:
+        with self._engine.connect() as conn:
+            n = {
+                name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for name, table in (
+                    ("patients", patients),
+                    ("studies", studies),
+                    ("series", series),
+                    ("instances", instances),
+                )
+            }
+            total = conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))).scalar_one()
+            pixel = {
+                (state.value if isinstance(state, PixelState) else str(state)): count
+                for state, count in conn.execute(
+                    select(instances.c.pixel_state, func.count()).group_by(instances.c.pixel_state)
+                )
+            }
+            work: dict[str, dict[str, int]] = {}
+            for stage, state, count in conn.execute(
+                select(work_items.c.stage, work_items.c.state, func.count()).group_by(
+                    work_items.c.stage, work_items.c.state
+                )
+            ):
+                key = state.value if isinstance(state, WorkState) else str(state)
+                work.setdefault(stage, {})[key] = count
+        return IndexCounts(bytes=int(total), pixel_states=pixel, work=work, **n)
+
+    # -- work queue ---------------------------------------------------------
+
+    def claim_work(self, stage: str, limit: int, lease_seconds: float = 300.0) -> list[WorkItem]:
+        now = _now()
+        with self._write() as conn, conn.begin():
+            claimable = or_(
+                work_items.c.state == WorkState.PENDING,
+                and_(work_items.c.state == WorkState.CLAIMED, work_items.c.claimed_until < now),
+            )
+            query = (
+                select(
+                    work_items.c.pk,
+                    work_items.c.stage,
+                    instances.c.sop_instance_uid,
+                    instances.c.storage_key,
+                    work_items.c.attempts,
+                )
+                .join(instances, work_items.c.instance_pk == instances.c.pk)
+                .where(work_items.c.stage == stage, claimable)
+                .order_by(work_items.c.pk)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=work_items)
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            conn.execute(
+                update(work_items)
+                .where(work_items.c.pk.in_([r.pk for r in rows]))
+                .values(
+                    state=WorkState.CLAIMED,
+                    attempts=work_items.c.attempts + 1,
+                    claimed_until=now + timedelta(seconds=lease_seconds),
+                    updated_at=now,
+                )
+            )
+        return [
+            WorkItem(r.pk, r.stage, r.sop_instance_uid, r.storage_key, r.attempts + 1, WorkState.CLAIMED)
+            for r in rows
+        ]
+
+    def complete_work(self, pks: list[int]) -> None:
+        if not pks:
+            return
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                update(work_items)
+                .where(work_items.c.pk.in_(pks))
+                .values(state=WorkState.DONE, claimed_until=None, updated_at=_now())
+            )
+
+    def fail_work(self, pk: int, reason: str) -> None:
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                update(work_items)
+                .where(work_items.c.pk == pk)
+                .values(state=WorkState.FAILED, error=reason, claimed_until=None, updated_at=_now())
+            )

@@ -1,0 +1,214 @@
+"""Reading the header of a received dataset, and checking that its bytes are whole.
+
+Only the header is parsed (up to Pixel Data); the Pixel Data element's length,
+or for encapsulated pixel data every item (PS3.5 A.4), is checked against the
+bytes that are there, and the elements after it are parsed too, so that a
+truncated or mis-encoded dataset is refused instead of stored.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from pipeline.errors import DatasetMismatch, InvalidDataset
+from pipeline.index.records import (
+    InstanceAttributes,
+    ParsedHeader,
+    PatientAttributes,
+    SeriesAttributes,
+    StudyAttributes,
+)
+
+#: PS3.5 9.1: digits and dots, components without leading zeros, 64 characters at most.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+#: Older devices write components with leading zeros; we accept those (the
+#: instance is still identified exactly) but nothing outside digits and dots.
+_UID_LENIENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+_ITEM = 0xFFFEE000
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+
+
+def is_valid_uid(value: str, strict: bool = False) -> bool:
+    """Whether ``value`` is a UID (PS3.5 9.1); ``strict`` also refuses leading zeros."""
+    pattern = _UID if strict else _UID_LENIENT
+    return 0 < len(value) <= 64 and bool(pattern.match(value))
+
+
+def dataset_encoding(transfer_syntax_uid: str) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of a transfer syntax's dataset (PS3.5 10, A)."""
+    if transfer_syntax_uid == ImplicitVRLittleEndian:
+        return True, True
+    if transfer_syntax_uid == ExplicitVRBigEndian:
+        return False, False
+    # Every other transfer syntax, native or encapsulated, is explicit VR little endian.
+    return False, True
+
+
+def inflate(dataset: bytes) -> bytes:
+    """The dataset of the Deflated transfer syntax, inflated (PS3.5 A.5: raw deflate)."""
+    try:
+        return zlib.decompress(dataset, -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise InvalidDataset(f"deflated dataset does not inflate: {exc}") from None
+
+
+def read_header(dataset: bytes, transfer_syntax_uid: str) -> tuple[Dataset, bool]:
+    """Parse ``dataset`` (the bytes after the File Meta Information).
+
+    Returns the dataset without its pixel data, and whether pixel data was present.
+    Raises :class:`InvalidDataset` when the bytes are not a whole dataset.
+    """
+    if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        dataset = inflate(dataset)
+    implicit, little = dataset_encoding(transfer_syntax_uid)
+    found: list[int] = []
+
+    def stop_at_pixels(tag: Any, _vr: Any, _length: Any) -> bool:
+        if int(tag) in _PIXEL_TAGS:
+            found.append(int(tag))
+            return True
+        return False
+
+    fp = BytesIO(dataset)
+    try:
+        ds = read_dataset(fp, implicit, little, stop_when=stop_at_pixels)
+        if found:
+            end = _skip_pixel_element(dataset, fp.tell(), implicit, little)
+            fp.seek(end)
+            trailing = read_dataset(fp, implicit, little)
+            if fp.tell() != len(dataset):
+                raise InvalidDataset("bytes after the last element")
+            del trailing
+        elif fp.tell() != len(dataset):
+            raise InvalidDataset("dataset ends in the middle of an element")
+    except InvalidDataset:
+        raise
+    except Exception as exc:  # pydicom raises many kinds for bad bytes
+        raise InvalidDataset(f"cannot parse dataset: {type(exc).__name__}: {exc}") from None
+    if len(ds) == 0:
+        raise InvalidDataset("empty dataset")
+    return ds, bool(found)
+
+
+def _skip_pixel_element(buf: bytes, offset: int, implicit: bool, little: bool) -> int:
+    """Offset just after the Pixel Data element at ``offset``, checking its length."""
+    end = len(buf)
+    order = "<" if little else ">"
+    if implicit:
+        if offset + 8 > end:
+            raise InvalidDataset("Pixel Data element header is truncated")
+        length = struct.unpack_from(order + "I", buf, offset + 4)[0]
+        header = 8
+    else:
+        if offset + 12 > end:
+            raise InvalidDataset("Pixel Data element header is truncated")
+        length = struct.unpack_from(order + "I", buf, offset + 8)[0]
+        header = 12
+    pos = offset + header
+    if length != 0xFFFFFFFF:
+        if pos + length > end:
+            raise InvalidDataset(
+                f"Pixel Data is truncated: {length} bytes declared, {end - pos} present"
+            )
+        return pos + length
+    # Encapsulated (PS3.5 A.4): items, then a sequence delimiter.
+    while True:
+        if pos + 8 > end:
+            raise InvalidDataset("encapsulated Pixel Data ends without a sequence delimiter")
+        group, element, item_length = struct.unpack_from("<HHI", buf, pos)
+        tag = (group << 16) | element
+        pos += 8
+        if tag == _SEQUENCE_DELIMITER:
+            return pos
+        if tag != _ITEM or item_length == 0xFFFFFFFF:
+            raise InvalidDataset("encapsulated Pixel Data holds something other than items")
+        if pos + item_length > end:
+            raise InvalidDataset("encapsulated Pixel Data item is truncated")
+        pos += item_length
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # an undecodable value must not refuse the instance
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        return int(float(value))
+    except Exception:
+        return None
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword).rstrip("\0 ")
+    if not value:
+        raise DatasetMismatch(f"{keyword} is missing")
+    if not is_valid_uid(value):
+        raise DatasetMismatch(f"{keyword} is not a valid UID (PS3.5 9.1)")
+    return value
+
+
+def extract_header(ds: Dataset, has_pixel_data: bool) -> ParsedHeader:
+    """The index attributes of ``ds`` (PS3.4 C.6.1.1); raises when a key UID is bad."""
+    return ParsedHeader(
+        patient=PatientAttributes(
+            patient_id=_text(ds, "PatientID"),
+            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex"),
+        ),
+        study=StudyAttributes(
+            study_instance_uid=_uid(ds, "StudyInstanceUID"),
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_id=_text(ds, "StudyID"),
+            study_description=_text(ds, "StudyDescription"),
+            referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        ),
+        series=SeriesAttributes(
+            series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+            modality=_text(ds, "Modality"),
+            series_number=_int(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription"),
+            series_date=_text(ds, "SeriesDate"),
+            series_time=_text(ds, "SeriesTime"),
+            body_part_examined=_text(ds, "BodyPartExamined"),
+            performed_procedure_step_start_date=_text(ds, "PerformedProcedureStepStartDate"),
+            performed_procedure_step_start_time=_text(ds, "PerformedProcedureStepStartTime"),
+        ),
+        instance=InstanceAttributes(
+            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            sop_class_uid=_uid(ds, "SOPClassUID"),
+            instance_number=_int(ds, "InstanceNumber"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            number_of_frames=_int(ds, "NumberOfFrames") or (1 if has_pixel_data else None),
+            bits_allocated=_int(ds, "BitsAllocated"),
+            photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+            content_date=_text(ds, "ContentDate"),
+            content_time=_text(ds, "ContentTime"),
+            has_pixel_data=has_pixel_data,
+        ),
+    )

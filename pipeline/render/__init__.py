@@ -1,0 +1,1 @@
+"""Render stage: windowed renders, thumbnails and tiles from the Zarr pixels (issue 4)."""

@@ -1,0 +1,31 @@
+"""Composition helpers: open the stores and services a process needs from its settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import Settings
+from pipeline.index import SqlIndex, migrate
+from pipeline.ingest.service import IngestService
+from pipeline.storage.blobs import BlobStore, open_blob_store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    index: SqlIndex
+    blobs: BlobStore
+    ingest: IngestService
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def open_runtime(settings: Settings, *, run_migrations: bool = False) -> Runtime:
+    """Open the index and blob store; ``run_migrations`` brings the schema to head first."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if run_migrations:
+        migrate(settings.resolved_index_url)
+    index = SqlIndex(settings.resolved_index_url)
+    blobs = open_blob_store(settings.resolved_storage_url)
+    return Runtime(settings, index, blobs, IngestService.from_settings(settings, index, blobs))
