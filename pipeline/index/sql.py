@@ -9,6 +9,7 @@ lock instead of failing on an upgrade from a read lock.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -53,6 +54,18 @@ from pipeline.index.schema import (
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime. SQLite keeps no offset: an aware value
+    must be converted before it is written, and a naive one read back is UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _instance_row(row: Any) -> InstanceRow:
+    return replace(InstanceRow(*row), received_at=_utc(row.received_at))
 
 
 def make_engine(url: str) -> Engine:
@@ -108,6 +121,7 @@ class SqlIndex:
         duplicate_policy: DuplicatePolicy,
         stages: tuple[str, ...] = ("decode",),
     ) -> RecordResult:
+        duplicate_policy = DuplicatePolicy(duplicate_policy)
         try:
             with self._write() as conn, conn.begin():
                 return self._record(conn, header, blob, provenance, duplicate_policy, stages)
@@ -161,7 +175,7 @@ class SqlIndex:
             size=blob.size,
             sha256=blob.sha256,
             storage_key=blob.storage_key,
-            received_at=provenance.received_at,
+            received_at=_utc(provenance.received_at),
             calling_ae=provenance.calling_ae,
             source=provenance.source,
             pixel_state=pixel_state,
@@ -373,7 +387,7 @@ class SqlIndex:
             row = conn.execute(
                 self._instance_query().where(instances.c.sop_instance_uid == sop_instance_uid)
             ).first()
-        return InstanceRow(*row) if row else None
+        return _instance_row(row) if row else None
 
     def list_instances(
         self, study_instance_uid: str | None = None, series_instance_uid: str | None = None
@@ -383,9 +397,13 @@ class SqlIndex:
             query = query.where(studies.c.study_instance_uid == study_instance_uid)
         if series_instance_uid is not None:
             query = query.where(series.c.series_instance_uid == series_instance_uid)
-        query = query.order_by(instances.c.instance_number, instances.c.pk)
+        # Instances without an Instance Number last, on every backend (PostgreSQL
+        # sorts NULL last, SQLite first).
+        query = query.order_by(
+            instances.c.instance_number.is_(None), instances.c.instance_number, instances.c.pk
+        )
         with self._engine.connect() as conn:
-            return [InstanceRow(*row) for row in conn.execute(query)]
+            return [_instance_row(row) for row in conn.execute(query)]
 
     def get_series(self, series_instance_uid: str) -> SeriesRow | None:
         with self._engine.connect() as conn:

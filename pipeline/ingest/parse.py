@@ -35,13 +35,20 @@ _UID_LENIENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 _ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+#: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = {
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+}  # fmt: skip
 
 
 def is_valid_uid(value: str, strict: bool = False) -> bool:
     """Whether ``value`` is a UID (PS3.5 9.1); ``strict`` also refuses leading zeros."""
     pattern = _UID if strict else _UID_LENIENT
-    return 0 < len(value) <= 64 and bool(pattern.match(value))
+    # fullmatch: ``$`` alone would also accept a UID followed by a newline.
+    return 0 < len(value) <= 64 and bool(pattern.fullmatch(value))
 
 
 def dataset_encoding(transfer_syntax_uid: str) -> tuple[bool, bool]:
@@ -91,6 +98,9 @@ def read_header(dataset: bytes, transfer_syntax_uid: str) -> tuple[Dataset, bool
             del trailing
         elif fp.tell() != len(dataset):
             raise InvalidDataset("dataset ends in the middle of an element")
+        # pydicom reads a value cut short by the end of the bytes without a word,
+        # and stops quietly at a partial element header: check every length.
+        check_element_lengths(dataset, implicit, little)
     except InvalidDataset:
         raise
     except Exception as exc:  # pydicom raises many kinds for bad bytes
@@ -135,6 +145,113 @@ def _skip_pixel_element(buf: bytes, offset: int, implicit: bool, little: bool) -
         if pos + item_length > end:
             raise InvalidDataset("encapsulated Pixel Data item is truncated")
         pos += item_length
+
+
+def check_element_lengths(buf: bytes, implicit: bool, little: bool) -> None:
+    """Walk every element of the dataset ``buf``; raise :class:`InvalidDataset`
+    where a declared length runs past the bytes there, or the bytes end inside
+    an element header, an undefined length sequence or item (PS3.5 7.1, 7.5).
+
+    The encoding is chosen the way pydicom reads: a dataset (or a sequence item
+    of an explicit VR dataset) whose first element has no valid VR is implicit VR.
+    """
+    _walk_dataset(buf, 0, len(buf), implicit, little, in_item=False)
+
+
+def _looks_implicit(buf: bytes, pos: int) -> bool:
+    vr = buf[pos + 4 : pos + 6]
+    return not (len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B)
+
+
+def _walk_dataset(
+    buf: bytes, pos: int, end: int, implicit: bool, little: bool, in_item: bool
+) -> int:
+    """Offset after the dataset at ``pos``: ``end``, or after the item delimiter."""
+    order = "<" if little else ">"
+    if pos + 6 <= end and not (in_item and implicit):
+        implicit = _looks_implicit(buf, pos)
+    while pos < end:
+        if pos + 8 > end:
+            raise InvalidDataset("dataset ends in the middle of an element header")
+        group, element = struct.unpack_from(order + "HH", buf, pos)
+        tag = (group << 16) | element
+        if tag == _ITEM_DELIMITER:
+            if in_item:
+                return pos + 8
+            raise InvalidDataset("item delimiter outside a sequence item")
+        vr = None
+        if implicit or group == 0xFFFE:
+            length = struct.unpack_from(order + "I", buf, pos + 4)[0]
+            pos += 8
+        else:
+            raw = buf[pos + 4 : pos + 6]
+            if raw in _LONG_VRS:
+                if pos + 12 > end:
+                    raise InvalidDataset("dataset ends in the middle of an element header")
+                length = struct.unpack_from(order + "I", buf, pos + 8)[0]
+                pos += 12
+                vr = raw
+            elif not _looks_implicit(buf, pos):
+                length = struct.unpack_from(order + "H", buf, pos + 6)[0]
+                pos += 8
+                vr = raw
+            else:  # no VR: pydicom reads this one element as implicit VR
+                length = struct.unpack_from(order + "I", buf, pos + 4)[0]
+                pos += 8
+        if length != _UNDEFINED:
+            if pos + length > end:
+                raise InvalidDataset(
+                    f"element ({group:04X},{element:04X}) is truncated: "
+                    f"{length} bytes declared, {end - pos} present"
+                )
+            pos += length
+        elif tag in _PIXEL_TAGS:
+            # Encapsulated pixel data (PS3.5 A.4): fragments, not datasets.
+            header = 8 if vr is None else 12
+            pos = _skip_pixel_element(buf, pos - header, vr is None, little)
+        elif vr in (b"SQ", b"UN") or (vr is None and _next_is_item(buf, pos, order)):
+            pos = _walk_sequence(buf, pos, end, implicit, little)
+        else:  # another undefined length value: up to the sequence delimiter
+            delimiter = struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0)
+            found = buf.find(delimiter, pos, end)
+            if found < 0:
+                raise InvalidDataset(
+                    f"element ({group:04X},{element:04X}) ends without a sequence delimiter"
+                )
+            pos = found + 8
+    if in_item:
+        raise InvalidDataset("sequence item ends without an item delimiter")
+    return pos
+
+
+def _next_is_item(buf: bytes, pos: int, order: str) -> bool:
+    if pos + 4 > len(buf):
+        return True  # let the sequence walk report the truncation
+    group, element = struct.unpack_from(order + "HH", buf, pos)
+    return ((group << 16) | element) in (_ITEM, _SEQUENCE_DELIMITER)
+
+
+def _walk_sequence(buf: bytes, pos: int, end: int, implicit: bool, little: bool) -> int:
+    """Offset after the undefined length sequence whose first item is at ``pos``."""
+    order = "<" if little else ">"
+    while True:
+        if pos + 8 > end:
+            raise InvalidDataset("sequence ends without a sequence delimiter")
+        group, element, length = struct.unpack_from(order + "HHI", buf, pos)
+        tag = (group << 16) | element
+        pos += 8
+        if tag == _SEQUENCE_DELIMITER:
+            return pos
+        if tag != _ITEM:
+            raise InvalidDataset("sequence holds something other than items")
+        if length == _UNDEFINED:
+            pos = _walk_dataset(buf, pos, end, implicit, little, in_item=True)
+        elif pos + length > end:
+            raise InvalidDataset(
+                f"sequence item is truncated: {length} bytes declared, {end - pos} present"
+            )
+        else:
+            pos += length
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -150,6 +150,34 @@ def storage_contexts(
     return contexts
 
 
+_ACCEPTED = frozenset(ACCEPTED_TRANSFER_SYNTAXES)
+
+
+def prefer_requestor_order(event: evt.Event) -> None:
+    """Accept, per abstract syntax, the first transfer syntax the *requestor* proposed.
+
+    pynetdicom picks the first of the acceptor's list; we want the sender's
+    preference, so that a compressed instance is accepted compressed (no
+    conversion by the sender) and an uncompressed one is never turned lossy
+    because we happened to list a lossy syntax first. Runs on A-ASSOCIATE-RQ,
+    before negotiation (PS3.8 9.3.2.2: the acceptor picks one per context).
+    """
+    acceptor = event.assoc.acceptor
+    preferred: dict[str, list[str]] = {}
+    for cx in event.assoc.requestor.requested_contexts:
+        syntaxes = preferred.setdefault(cx.abstract_syntax, [])
+        syntaxes.extend(ts for ts in cx.transfer_syntax if ts in _ACCEPTED and ts not in syntaxes)
+    contexts = []
+    for cx in acceptor.supported_contexts:
+        if preferred.get(cx.abstract_syntax):
+            ordered = PresentationContext()
+            ordered.abstract_syntax = cx.abstract_syntax
+            ordered.transfer_syntax = preferred[cx.abstract_syntax]
+            contexts.append(ordered)
+    if contexts:
+        acceptor.supported_contexts = contexts
+
+
 class DicomIngestServer:
     """A pynetdicom AE serving Verification and Storage on ``settings.dicom_port``.
 
@@ -179,6 +207,7 @@ class DicomIngestServer:
         # process, and one process runs one ingest server.
         _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_unknown_sop_classes
         handlers = [
+            (evt.EVT_REQUESTED, prefer_requestor_order),
             (evt.EVT_C_ECHO, self.scp.handle_echo),
             (evt.EVT_C_STORE, self.scp.handle_store),
         ]

@@ -25,7 +25,8 @@ def new_storage_key() -> str:
 
 
 def check_key(key: str) -> str:
-    if not _KEY.match(key):
+    # fullmatch: ``$`` alone would also accept the key followed by a newline.
+    if not _KEY.fullmatch(key):
         raise ValueError("not a storage key made by new_storage_key()")
     return key
 

@@ -1,0 +1,142 @@
+"""The ``lightbox`` command-line tool.
+
+Every command reads the same settings (``LIGHTBOX_*`` environment variables,
+``LIGHTBOX_CONFIG``); options given here override them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import Settings, get_settings
+from pipeline.logs import configure_logging
+
+app = typer.Typer(help="Lightbox PACS.", no_args_is_help=True, add_completion=False)
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data folder (LIGHTBOX_DATA_DIR).")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    dicom_port: Annotated[int | None, typer.Option(help="DICOM port (LIGHTBOX_DICOM_PORT).")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port (LIGHTBOX_HTTP_PORT).")] = None,
+    ingest_actors: Annotated[
+        int | None, typer.Option(help="Ingest actors sharing the DICOM port.")
+    ] = None,
+) -> None:
+    """Start Ray, the DICOM ingest actors and the HTTP API; run until interrupted."""
+    from pipeline.serve import serve as run
+
+    settings = _settings(
+        data_dir=data_dir, dicom_port=dicom_port, http_port=http_port, ingest_actors=ingest_actors
+    )
+    configure_logging(settings.log_level)
+    run(settings)
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or zip archives.")],
+    data_dir: DataDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Import DICOM files into the archive, as STOW-RS would; print what failed and why.
+
+    Exits 0 when every file was stored (or already was), 1 when any failed.
+    """
+    from tqdm import tqdm
+
+    from pipeline.ingest.importer import import_sources, iter_sources
+    from pipeline.runtime import open_runtime
+
+    settings = _settings(data_dir=data_dir)
+    configure_logging("WARNING")
+    runtime = open_runtime(settings, run_migrations=True)
+    try:
+        sources = list(iter_sources(paths, settings.max_dataset_bytes))
+        with tqdm(total=len(sources), unit="file", disable=quiet, file=sys.stderr) as bar:
+            summary = import_sources(runtime.ingest, sources, on_progress=bar.update)
+    finally:
+        runtime.close()
+    outcomes = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(summary.outcomes.items()))
+    typer.echo(
+        f"imported {summary.stored} instances ({summary.bytes / 1e6:.1f} MB); "
+        f"{outcomes or 'nothing stored'}; {summary.failed} failed"
+    )
+    for name, reason in summary.failures:
+        typer.echo(f"  FAILED {name}: {reason}")
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
+def status(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts of the archive: patients, studies, series, instances, pixel states, queued work."""
+    from dataclasses import asdict
+
+    from pipeline.runtime import open_runtime
+
+    settings = _settings(data_dir=data_dir)
+    runtime = open_runtime(settings, run_migrations=True)
+    try:
+        counts = runtime.index.counts()
+    finally:
+        runtime.close()
+    if as_json:
+        typer.echo(json.dumps(asdict(counts), indent=2))
+        return
+    typer.echo(
+        f"patients {counts.patients}  studies {counts.studies}  series {counts.series}  "
+        f"instances {counts.instances}  ({counts.bytes / 1e6:.1f} MB)"
+    )
+    typer.echo("pixel states: " + _pairs(counts.pixel_states))
+    for stage, states in sorted(counts.work.items()):
+        typer.echo(f"work {stage}: " + _pairs(states))
+
+
+def _pairs(values: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(values.items())) or "none"
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring the index schema to the latest version (``serve`` does it too)."""
+    from pipeline.index import migrate as run
+
+    settings = _settings(data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    run(settings.resolved_index_url)
+    typer.echo("index schema is at the latest revision")
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings as JSON (passwords in URLs masked)."""
+    from sqlalchemy.engine import make_url
+
+    values = get_settings().model_dump(mode="json")
+    if values["index_url"]:
+        values["index_url"] = make_url(values["index_url"]).render_as_string(hide_password=True)
+    typer.echo(json.dumps(values, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Ray actors for ingest: each runs a :class:`DicomIngestServer` on the shared port.
+
+The expensive set-up (index engine, blob store, AE, listening socket) happens
+once in ``__init__``; the kernel spreads associations over the actors'
+``SO_REUSEPORT`` sockets, so each association is served by one process and the
+GIL of one does not limit the others.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.ingest.scp import DicomIngestServer
+from pipeline.logs import configure_logging
+from pipeline.runtime import open_runtime
+
+
+class IngestWorker:
+    """The plain class behind the actor (tests call it without Ray)."""
+
+    def __init__(self, settings_json: str) -> None:
+        settings = Settings.model_validate_json(settings_json)
+        configure_logging(settings.log_level)
+        self.runtime = open_runtime(settings)
+        self.server = DicomIngestServer(settings, self.runtime.ingest).start()
+
+    def ready(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "port": self.server.port}
+
+    def stats(self) -> dict[str, int]:
+        return {"pid": os.getpid(), "stored": self.server.scp.stored, "failed": self.server.scp.failed}
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.runtime.close()
+
+
+def ingest_actor_class():  # type: ignore[no-untyped-def]
+    """The Ray actor class, made on demand so that importing this module needs no Ray."""
+    import ray
+
+    # num_cpus=0: the actors wait on sockets and disks; they must not hold
+    # the CPU slots that decode and render tasks are scheduled on.
+    # max_restarts=-1: a crashed actor comes back and listens again.
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(IngestWorker)

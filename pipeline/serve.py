@@ -1,0 +1,108 @@
+"""``lightbox serve``: the composition root that starts Ray, the ingest actors and HTTP.
+
+Order matters for durability: the index schema is migrated and the blob store
+swept of temporary files before any actor accepts an association.
+"""
+
+from __future__ import annotations
+
+import logging
+from pipeline.config import Settings
+from pipeline.index import migrate
+from pipeline.storage.blobs import LocalBlobStore, open_blob_store
+
+log = logging.getLogger(__name__)
+
+
+def start_ray(settings: Settings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, log_to_driver=True)
+    else:
+        # Embedded local Ray: no dashboard, a small object store (ingest moves
+        # no objects through it), quiet start-up.
+        ray.init(
+            include_dashboard=False,
+            object_store_memory=128 * 1024**2,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+
+
+def start_ingest_actors(settings: Settings) -> list:  # type: ignore[type-arg]
+    """Start ``settings.ingest_actors`` actors and wait until each listens."""
+    import ray
+
+    from pipeline.ingest.actors import ingest_actor_class
+
+    actor_class = ingest_actor_class()
+    settings_json = settings.model_dump_json()
+    actors = [
+        actor_class.options(name=f"lightbox-ingest-{i}", scheduling_strategy="SPREAD").remote(
+            settings_json
+        )
+        for i in range(settings.ingest_actors)
+    ]
+    ready = ray.get([a.ready.remote() for a in actors], timeout=120)
+    log.info(
+        "%d ingest actors listening on DICOM port %d as %s (pids %s)",
+        len(actors),
+        settings.dicom_port,
+        settings.ae_title,
+        ",".join(str(r["pid"]) for r in ready),
+    )
+    return actors
+
+
+def prepare_storage(settings: Settings) -> None:
+    """Migrate the index and clear what a crash may have left mid-write."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.resolved_index_url)
+    blobs = open_blob_store(settings.resolved_storage_url)
+    if isinstance(blobs, LocalBlobStore):
+        swept = blobs.sweep_temporary()
+        if swept:
+            log.warning("removed %d partial blob writes left by an earlier crash", swept)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM: Ray ingest actors on the DICOM port, HTTP in this process."""
+    import ray
+    import uvicorn
+
+    from api.main import create_app
+
+    prepare_storage(settings)
+    start_ray(settings)
+    actors = start_ingest_actors(settings)
+
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    )
+    log.info(
+        "Lightbox ready: DICOM %s@%s:%d, HTTP http://%s:%d, data %s",
+        settings.ae_title,
+        settings.dicom_host,
+        settings.dicom_port,
+        settings.http_host,
+        settings.http_port,
+        settings.data_dir,
+    )
+    # uvicorn installs its own signal handlers while it runs; it stops on
+    # SIGINT/SIGTERM and we then stop the actors.
+    server.run()
+    try:
+        ray.get([a.stop.remote() for a in actors], timeout=30)
+    except Exception:  # an actor that is already gone needs no stopping
+        log.warning("some ingest actors did not stop cleanly")
+    ray.shutdown()

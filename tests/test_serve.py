@@ -1,0 +1,241 @@
+"""``lightbox serve`` end to end: Ray ingest actors on one port, HTTP, and a crash.
+
+The crash test kills every process of the server (driver, Ray's raylet and
+GCS, the ingest actors) with SIGKILL while storescu sends a series, restarts
+it on the same data, and checks that every instance answered Success is
+present and intact and that its queued pipeline work is there to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+from pipeline.config import Settings
+from pipeline.ingest.part10 import split_part10
+from pipeline.runtime import open_runtime
+from tests.conftest import free_port, require_tool
+from tests.corpus import SERIES, dataset_bytes
+
+pytestmark = pytest.mark.slow
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+class Server:
+    """A ``lightbox serve`` process in a session of its own."""
+
+    def __init__(self, data_dir: Path, dicom_port: int, http_port: int, actors: int = 2) -> None:
+        self.data_dir = data_dir
+        self.dicom_port = dicom_port
+        self.http_port = http_port
+        env = {
+            **os.environ,
+            "LIGHTBOX_DATA_DIR": str(data_dir),
+            "LIGHTBOX_DICOM_PORT": str(dicom_port),
+            "LIGHTBOX_HTTP_PORT": str(http_port),
+            "LIGHTBOX_DICOM_HOST": "127.0.0.1",
+            "LIGHTBOX_HTTP_HOST": "127.0.0.1",
+            "LIGHTBOX_INGEST_ACTORS": str(actors),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        self.log = (data_dir.parent / f"serve-{time.time_ns()}.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "serve"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_text()
+            if self.echo() and self.health():
+                return
+            time.sleep(0.5)
+        raise AssertionError("server did not start:\n" + self.log_text())
+
+    def echo(self) -> bool:
+        result = subprocess.run(
+            [require_tool("echoscu"), "-aec", "LIGHTBOX", "127.0.0.1", str(self.dicom_port)],
+            capture_output=True,
+            env=DCMTK_ENV,
+        )
+        return result.returncode == 0
+
+    def health(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.http_port}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-5000:]
+
+    def session_pids(self) -> list[int]:
+        """Every process in the server's session (Ray puts actors in groups of their own)."""
+        out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+        return [int(pid) for pid, sid in (line.split() for line in out.splitlines()) if int(sid) == self.proc.pid]
+
+    def crash(self) -> None:
+        """SIGKILL every process of the server at once, as a power cut would."""
+        pids = self.session_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while self.session_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not self.session_pids()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.crash()
+        for pid in self.session_pids():
+            os.kill(pid, signal.SIGKILL)
+        self.log.close()
+
+
+@pytest.fixture
+def ports() -> tuple[int, int]:
+    return free_port(), free_port()
+
+
+@pytest.fixture
+def server(tmp_path: Path, ports: tuple[int, int]) -> Iterator[Server]:
+    srv = Server(tmp_path / "data", *ports)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def open_index(data_dir: Path):  # type: ignore[no-untyped-def]
+    return open_runtime(Settings(data_dir=data_dir))
+
+
+def test_serve_spreads_associations_over_actors(server: Server, dicom_data: Path) -> None:
+    folder = dicom_data / SERIES["ct"]
+    files = sorted(folder.iterdir())
+    storescu = require_tool("storescu")
+    # Four associations at once, as a busy modality fleet would.
+    procs = [
+        subprocess.Popen(
+            [storescu, "-aec", "LIGHTBOX", "127.0.0.1", str(server.dicom_port), *map(str, files[i::4])],
+            env=DCMTK_ENV,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(4)
+    ]
+    assert [p.wait(timeout=240) for p in procs] == [0, 0, 0, 0]
+    runtime = open_index(server.data_dir)
+    try:
+        for path in files:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            row = runtime.index.get_instance(uid)
+            assert row is not None
+            assert bytes(split_part10(runtime.blobs.get(row.storage_key)).dataset) == dataset_bytes(path)
+        assert runtime.index.counts().work["decode"] == {"pending": len(files)}
+    finally:
+        runtime.close()
+    # The HTTP side of the same server answers too.
+    assert server.health()
+
+
+def test_crash_during_storescu_loses_nothing_acknowledged(
+    tmp_path: Path, ports: tuple[int, int], dicom_data: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    files = sorted((dicom_data / SERIES["ct"]).iterdir()) + sorted((dicom_data / SERIES["mr"]).iterdir())
+    srv = Server(data_dir, *ports)
+    try:
+        srv.wait_ready()
+        sender = subprocess.Popen(
+            [require_tool("storescu"), "-v", "-aec", "LIGHTBOX", "127.0.0.1", str(srv.dicom_port)]
+            + list(map(str, files)),
+            env=DCMTK_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        # storescu -v prints "Sending file: X" then the response for it.
+        acknowledged: list[Path] = []
+        current: Path | None = None
+        assert sender.stdout is not None
+        for line in sender.stdout:
+            if m := re.search(r"Sending file: (.+)$", line):
+                current = Path(m.group(1).strip())
+            elif "Received Store Response (Success)" in line and current is not None:
+                acknowledged.append(current)
+                if len(acknowledged) == 20:
+                    srv.crash()
+                    break
+        sender.kill()
+        sender.wait()
+    finally:
+        srv.log.close()
+    assert len(acknowledged) == 20
+
+    srv = Server(data_dir, *ports)
+    try:
+        srv.wait_ready()
+        runtime = open_index(data_dir)
+        try:
+            for path in acknowledged:
+                uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+                row = runtime.index.get_instance(uid)
+                assert row is not None, f"acknowledged but lost: {path.name}"
+                blob = runtime.blobs.get(row.storage_key)
+                assert bytes(split_part10(blob).dataset) == dataset_bytes(path)
+            counts = runtime.index.counts()
+            # Nothing half-stored: every indexed instance has its blob, and
+            # no temporary file is left behind.
+            for row in runtime.index.list_instances():
+                assert runtime.blobs.exists(row.storage_key)
+            assert not list(data_dir.rglob("*.tmp"))
+            # The pipeline work of every stored instance is still queued and
+            # can be claimed by the decode stage after the restart.
+            assert counts.work["decode"].get("pending", 0) == counts.instances >= 20
+            claimed = runtime.index.claim_work("decode", limit=1000)
+            assert len(claimed) == counts.instances
+            assert {c.sop_instance_uid for c in claimed} >= {
+                pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in acknowledged
+            }
+        finally:
+            runtime.close()
+        # The restarted server takes the rest of the series.
+        result = subprocess.run(
+            [require_tool("storescu"), "-aec", "LIGHTBOX", "127.0.0.1", str(srv.dicom_port)]
+            + list(map(str, files)),
+            env=DCMTK_ENV,
+            capture_output=True,
+        )
+        assert result.returncode == 0
+        runtime = open_index(data_dir)
+        try:
+            assert runtime.index.counts().instances == len(files)
+        finally:
+            runtime.close()
+    finally:
+        srv.stop()
