@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         2 * 1024**3, gt=0, description="Largest dataset accepted by STOW-RS and import."
     )
+    max_request_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Largest STOW-RS request body (all parts together)."
+    )
     duplicate_policy: DuplicatePolicy = Field(DuplicatePolicy.KEEP)
     ingest_actors: int = Field(
         default_factory=lambda: max(2, os.cpu_count() or 1),

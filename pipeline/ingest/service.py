@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.config import DuplicatePolicy, Settings
-from pipeline.errors import DatasetMismatch, InvalidDataset, TooLarge
+from pipeline.errors import DatasetMismatch, InvalidDataset, OutOfResources, TooLarge
 from pipeline.index.protocol import Index
 from pipeline.index.records import (
     ParsedHeader,
@@ -138,7 +138,12 @@ class IngestService:
         # Information is ours, so the dataset is what the sender's bytes were.
         digest = hashlib.sha256(memoryview(blob)[dataset_offset:]).hexdigest()
         key = new_storage_key()
-        self.blobs.put(key, blob)
+        try:
+            self.blobs.put(key, blob)
+        except OSError as exc:
+            # Disk full, permissions, an unreachable object store: the sender
+            # may retry later (A700H, 503), nothing was stored.
+            raise OutOfResources(f"blob store write failed: {type(exc).__name__}") from None
         try:
             result = self.index.record_instance(
                 header,
