@@ -102,6 +102,11 @@ class SqlIndex:
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         self.url = url
         self._engine = engine or make_engine(url)
+        # Series Instance UID -> (series pk, study pk) of committed rows: most
+        # instances belong to a series seen a moment ago, and three lookups
+        # per instance are most of the index's cost. Filled only after a
+        # commit; rows are never deleted yet (a deletion must evict here).
+        self._series_pks: dict[str, tuple[int, int]] = {}
 
     # -- transactions -------------------------------------------------------
 
@@ -124,15 +129,20 @@ class SqlIndex:
         duplicate_policy = DuplicatePolicy(duplicate_policy)
         try:
             with self._write() as conn, conn.begin():
-                return self._record(conn, header, blob, provenance, duplicate_policy, stages)
+                result, pks = self._record(conn, header, blob, provenance, duplicate_policy, stages)
         except IntegrityError:
             # Another process created the same patient/study/series/instance
             # between our read and our insert (PostgreSQL only: SQLite writers
             # are serialised). The retry sees their row.
             with self._write() as conn, conn.begin():
-                return self._record(conn, header, blob, provenance, duplicate_policy, stages)
+                result, pks = self._record(conn, header, blob, provenance, duplicate_policy, stages)
         except OperationalError as exc:
             raise OutOfResources(f"index unavailable: {type(exc.orig).__name__}") from exc
+        if pks is not None:
+            if len(self._series_pks) > 100_000:
+                self._series_pks.clear()
+            self._series_pks[header.series.series_instance_uid] = pks
+        return result
 
     def _record(
         self,
@@ -142,7 +152,8 @@ class SqlIndex:
         provenance: Provenance,
         policy: DuplicatePolicy,
         stages: tuple[str, ...],
-    ) -> RecordResult:
+    ) -> tuple[RecordResult, tuple[int, int] | None]:
+        """The transaction's body; also returns the (series pk, study pk) used."""
         now = _now()
         inst = header.instance
         existing = conn.execute(
@@ -151,15 +162,19 @@ class SqlIndex:
         ).first()
         if existing is not None:
             if existing.sha256 == blob.sha256:
-                return RecordResult(RecordOutcome.IDENTICAL, orphaned_key=blob.storage_key)
+                return RecordResult(RecordOutcome.IDENTICAL, orphaned_key=blob.storage_key), None
             if policy is DuplicatePolicy.REJECT:
                 raise DuplicateInstance("SOP Instance UID already stored with other content")
             if policy is DuplicatePolicy.KEEP:
-                return RecordResult(RecordOutcome.KEPT_EXISTING, orphaned_key=blob.storage_key)
+                return RecordResult(RecordOutcome.KEPT_EXISTING, orphaned_key=blob.storage_key), None
 
-        patient_pk = self._patient_pk(conn, header, now)
-        study_pk, new_study = self._study_pk(conn, header, patient_pk, now)
-        series_pk, new_series = self._series_pk(conn, header, study_pk, now)
+        cached = self._series_pks.get(header.series.series_instance_uid)
+        if cached is not None:
+            (series_pk, study_pk), new_study, new_series = cached, False, False
+        else:
+            patient_pk = self._patient_pk(conn, header, now)
+            study_pk, new_study = self._study_pk(conn, header, patient_pk, now)
+            series_pk, new_series = self._series_pk(conn, header, study_pk, now)
         pixel_state = PixelState.PENDING if inst.has_pixel_data else PixelState.NONE
         values = dict(
             sop_class_uid=inst.sop_class_uid,
@@ -230,7 +245,7 @@ class SqlIndex:
                     for stage in stages
                 ],
             )
-        return RecordResult(outcome, orphaned_key=orphan)
+        return RecordResult(outcome, orphaned_key=orphan), (series_pk, study_pk)
 
     def _patient_pk(self, conn: Connection, header: ParsedHeader, now: datetime) -> int:
         p = header.patient

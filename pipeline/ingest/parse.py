@@ -14,6 +14,7 @@ import zlib
 from io import BytesIO
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
@@ -255,9 +256,27 @@ def _walk_sequence(buf: bytes, pos: int, end: int, implicit: bool, little: bool)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
+    """A text attribute as stored (multiple values joined by backslashes).
+
+    Plain ASCII values are read straight from the raw element: converting
+    every element through pydicom's value classes costs more than the rest of
+    the ingest path together. Anything else (other character sets, a value
+    pydicom already converted) goes through pydicom.
+    """
     try:
-        value = ds.get(keyword)
+        elem = ds.get_item(_TAGS[keyword])
     except Exception:  # an undecodable value must not refuse the instance
+        return ""
+    if elem is None:
+        return ""
+    raw = elem.value
+    if raw is None:
+        return ""
+    if isinstance(raw, bytes) and raw.isascii():
+        return raw.decode("ascii").strip("\0 ")
+    try:
+        value = ds[_TAGS[keyword]].value
+    except Exception:
         return ""
     if value is None:
         return ""
@@ -266,12 +285,21 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
+def _int_string(ds: Dataset, keyword: str) -> int | None:
+    """An IS attribute (text) as an int; None when absent or not a number."""
+    try:
+        return int(float(_text(ds, keyword).split("\\")[0]))
+    except ValueError:
+        return None
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """A binary integer attribute (US) through pydicom; None when absent or bad."""
     try:
         value = ds.get(keyword)
         if value is None or value == "":
             return None
-        return int(float(value))
+        return int(value)
     except Exception:
         return None
 
@@ -283,6 +311,17 @@ def _uid(ds: Dataset, keyword: str) -> str:
     if not is_valid_uid(value):
         raise DatasetMismatch(f"{keyword} is not a valid UID (PS3.5 9.1)")
     return value
+
+
+_KEYWORDS = (
+    "PatientID IssuerOfPatientID PatientName PatientBirthDate PatientSex StudyInstanceUID "
+    "StudyDate StudyTime AccessionNumber StudyID StudyDescription ReferringPhysicianName "
+    "SeriesInstanceUID Modality SeriesNumber SeriesDescription SeriesDate SeriesTime "
+    "BodyPartExamined PerformedProcedureStepStartDate PerformedProcedureStepStartTime "
+    "SOPInstanceUID SOPClassUID InstanceNumber NumberOfFrames PhotometricInterpretation "
+    "ContentDate ContentTime"
+).split()
+_TAGS = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}
 
 
 def extract_header(ds: Dataset, has_pixel_data: bool) -> ParsedHeader:
@@ -307,7 +346,7 @@ def extract_header(ds: Dataset, has_pixel_data: bool) -> ParsedHeader:
         series=SeriesAttributes(
             series_instance_uid=_uid(ds, "SeriesInstanceUID"),
             modality=_text(ds, "Modality"),
-            series_number=_int(ds, "SeriesNumber"),
+            series_number=_int_string(ds, "SeriesNumber"),
             series_description=_text(ds, "SeriesDescription"),
             series_date=_text(ds, "SeriesDate"),
             series_time=_text(ds, "SeriesTime"),
@@ -318,10 +357,10 @@ def extract_header(ds: Dataset, has_pixel_data: bool) -> ParsedHeader:
         instance=InstanceAttributes(
             sop_instance_uid=_uid(ds, "SOPInstanceUID"),
             sop_class_uid=_uid(ds, "SOPClassUID"),
-            instance_number=_int(ds, "InstanceNumber"),
+            instance_number=_int_string(ds, "InstanceNumber"),
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
-            number_of_frames=_int(ds, "NumberOfFrames") or (1 if has_pixel_data else None),
+            number_of_frames=_int_string(ds, "NumberOfFrames") or (1 if has_pixel_data else None),
             bits_allocated=_int(ds, "BitsAllocated"),
             photometric_interpretation=_text(ds, "PhotometricInterpretation"),
             content_date=_text(ds, "ContentDate"),

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from io import BytesIO
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -49,22 +46,36 @@ class Part10:
         return memoryview(self.data)[self.dataset_offset :]
 
 
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        # PS3.5 6.2: UI pads with NUL, the text VRs with a space.
+        value += b"\0" if vr == b"UI" else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
 def build_file_meta(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str = ""
 ) -> bytes:
-    """Preamble, ``DICM`` and a File Meta Information group (PS3.10 7.1)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    buf = BytesIO()
-    buf.write(b"\0" * _PREAMBLE + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+    """Preamble, ``DICM`` and a File Meta Information group (PS3.10 7.1).
+
+    Written directly (it is on the path of every C-STORE): explicit VR little
+    endian, group length first, elements in tag order.
+    """
+    body = b"".join(
+        [
+            _meta_element(0x0001, b"OB", b"\0\1"),
+            _meta_element(0x0002, b"UI", sop_class_uid.encode("ascii")),
+            _meta_element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
+            _meta_element(0x0010, b"UI", transfer_syntax_uid.encode("ascii")),
+            _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+            _meta_element(0x0016, b"AE", source_ae.encode("ascii")) if source_ae else b"",
+        ]
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\0" * _PREAMBLE + b"DICM" + group_length + body
 
 
 def split_part10(data: bytes) -> Part10:

@@ -10,18 +10,25 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import fsspec
 
-_KEY = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}\.dcm$")
+_KEY = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/[0-9a-f]{32}\.dcm")
 
 
 def new_storage_key() -> str:
-    """A fresh key such as ``3f/a2/3fa2...c1.dcm`` (256 x 256 fan-out folders)."""
-    hex_id = uuid.uuid4().hex
-    return f"{hex_id[:2]}/{hex_id[2:4]}/{hex_id}.dcm"
+    """A fresh key such as ``2026/12/03/17/3fa2...c1.dcm``: UTC hour of receipt, random id.
+
+    One folder per hour (as dcm4chee's date-based paths): a folder is created
+    (and its creation fsynced) once an hour instead of with nearly every
+    instance, as random fan-out folders would be, and a day's or an hour's
+    instances sit together for backup and tiering.
+    """
+    now = datetime.now(timezone.utc)
+    return f"{now:%Y/%m/%d/%H}/{uuid.uuid4().hex}.dcm"
 
 
 def check_key(key: str) -> str:
@@ -71,9 +78,10 @@ class LocalBlobStore:
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         if created:
-            # The new folder's entry must be durable in its parent too.
-            _fsync_dir(folder.parent)
-            _fsync_dir(folder.parent.parent)
+            # The new folders' entries must be durable in their parents too.
+            for parent in list(folder.relative_to(self.root).parents)[:-1]:
+                _fsync_dir(self.root / parent)
+            _fsync_dir(self.root)
         self._made_dirs.add(folder)
 
     def put(self, key: str, data: bytes | memoryview) -> None:
@@ -110,7 +118,7 @@ class LocalBlobStore:
     def sweep_temporary(self) -> int:
         """Remove temporary files left by a crash mid-write; returns how many."""
         removed = 0
-        for tmp in self.root.glob("*/*/.*.tmp"):
+        for tmp in self.root.glob("*/*/*/*/.*.tmp"):
             tmp.unlink(missing_ok=True)
             removed += 1
         return removed

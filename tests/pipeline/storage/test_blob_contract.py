@@ -41,9 +41,11 @@ def test_new_storage_key_shape() -> None:
     keys = {new_storage_key() for _ in range(200)}
     assert len(keys) == 200
     for key in keys:
-        a, b, name = key.split("/")
-        assert name.startswith(a + b) and name.endswith(".dcm")
-        assert len(name) == 32 + 4
+        year, month, day, hour, name = key.split("/")
+        assert 2026 <= int(year) and 1 <= int(month) <= 12 and 1 <= int(day) <= 31
+        assert 0 <= int(hour) <= 23
+        assert name.endswith(".dcm") and len(name) == 32 + 4
+        int(name[:32], 16)
 
 
 def test_round_trip(store: BlobStore) -> None:
@@ -197,7 +199,7 @@ def test_sweep_temporary_removes_leftovers_only(tmp_path: Path) -> None:
     folder = (s.root / keep).parent
     leftovers = [
         folder / f".{Path(keep).name}.deadbeef.tmp",
-        s.root / "00" / "11" / f".{'0' * 32}.dcm.01234567.tmp",
+        s.root / "2026" / "01" / "01" / "00" / f".{'0' * 32}.dcm.01234567.tmp",
     ]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
