@@ -46,7 +46,17 @@ def start_ingest_actors(settings: Settings) -> list:  # type: ignore[type-arg]
         )
         for i in range(settings.ingest_actors)
     ]
-    ready = ray.get([a.ready.remote() for a in actors], timeout=120)
+    try:
+        ready = ray.get([a.ready.remote() for a in actors], timeout=120)
+    except ray.exceptions.RayError as exc:
+        # The actor's traceback ends with the cause, e.g. "OSError: [Errno 98]
+        # Address already in use": that line is what an administrator needs.
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        ray.shutdown()
+        raise SystemExit(
+            f"lightbox: the DICOM ingest actors could not start on port "
+            f"{settings.dicom_port}: {lines[-1].strip() if lines else exc}"
+        ) from None
     log.info(
         "%d ingest actors listening on DICOM port %d as %s (pids %s)",
         len(actors),

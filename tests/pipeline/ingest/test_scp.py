@@ -376,3 +376,33 @@ def test_reject_policy_over_dimse(
 def test_corpus_is_complete(dicom_data: Path) -> None:
     """The tests above assume the corpus the manifest describes."""
     assert len(corpus_files(dicom_data)) == 152
+
+
+def test_no_phi_in_logs(
+    server: DicomIngestServer,
+    settings: Settings,
+    dicom_data: Path,
+    caplog: pytest.LogCaptureFixture,
+    chunked_send: None,
+) -> None:
+    """Names, IDs and birth dates never reach a log line, even at DEBUG."""
+    caplog.set_level("DEBUG")
+    sent = [
+        *sorted((dicom_data / SERIES["mr"]).iterdir())[:5],
+        dicom_data / "edge_cases" / "MR_truncated.dcm",
+        dicom_data / "transfer_syntaxes" / "htj2k_lossless" / "HTJ2KLossless_08_RGB.dcm",
+    ]
+    for path in sent:
+        send_file_bytes(settings, path)
+    secrets = set()
+    for path in sent:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
+            value = str(ds.get(keyword, "")).strip()
+            if len(value) >= 4:
+                secrets.add(value)
+    assert secrets
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "C-STORE refused" in text  # the logs did capture the server's lines
+    for secret in secrets:
+        assert secret not in text
