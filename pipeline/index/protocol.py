@@ -42,6 +42,9 @@ class Index(Protocol):
 
     def get_instance(self, sop_instance_uid: str) -> InstanceRow | None: ...
 
+    def stored_blob(self, sop_instance_uid: str) -> StoredBlob | None:
+        """Where and what is stored for an instance, or None (one indexed lookup)."""
+
     def list_instances(
         self, study_instance_uid: str | None = None, series_instance_uid: str | None = None
     ) -> list[InstanceRow]: ...

@@ -10,11 +10,19 @@ lock instead of failing on an upgrade from a read lock.
 from __future__ import annotations
 
 from dataclasses import replace
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    DateTime,
+    Integer,
+    bindparam,
     Engine,
     and_,
     create_engine,
@@ -96,6 +104,34 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# The statements of the per-instance path, built once: building a Core
+# statement (and its cache key) costs more CPU than SQLite executing it.
+_SELECT_EXISTING = select(
+    instances.c.pk, instances.c.sha256, instances.c.storage_key, instances.c.series_pk
+).where(instances.c.sop_instance_uid == bindparam("b_uid"))
+_SELECT_BLOB = select(
+    instances.c.storage_key, instances.c.size, instances.c.sha256, instances.c.transfer_syntax_uid
+).where(instances.c.sop_instance_uid == bindparam("b_uid"))
+_INSERT_INSTANCE = insert(instances).returning(instances.c.pk)
+_INSERT_WORK = insert(work_items)
+_COUNT_SERIES = (
+    update(series)
+    .where(series.c.pk == bindparam("b_pk"))
+    .values(
+        number_of_instances=series.c.number_of_instances + bindparam("b_delta", type_=Integer),
+        updated_at=bindparam("b_now", type_=DateTime(timezone=True)),
+    )
+)
+_COUNT_STUDY = (
+    update(studies)
+    .where(studies.c.pk == bindparam("b_pk"))
+    .values(
+        number_of_instances=studies.c.number_of_instances + bindparam("b_delta", type_=Integer),
+        updated_at=bindparam("b_now", type_=DateTime(timezone=True)),
+    )
+)
+
+
 class SqlIndex:
     """:class:`pipeline.index.protocol.Index` on SQLAlchemy."""
 
@@ -107,14 +143,49 @@ class SqlIndex:
         # per instance are most of the index's cost. Filled only after a
         # commit; rows are never deleted yet (a deletion must evict here).
         self._series_pks: dict[str, tuple[int, int]] = {}
+        database = self._engine.url.database if self._engine.dialect.name == "sqlite" else None
+        self._lock_path = f"{database}.writelock" if database and database != ":memory:" else None
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
+        self._thread_lock = threading.Lock()
 
     # -- transactions -------------------------------------------------------
 
-    def _write(self) -> Connection:
-        return self._engine.connect().execution_options(lightbox_write=True)
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction, committed (durably) when the block ends."""
+        with self._writer_turn():
+            conn = self._engine.connect().execution_options(lightbox_write=True)
+            with conn, conn.begin():
+                yield conn
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On SQLite, wait for our turn to write on a file lock, not in SQLite.
+
+        SQLite lets one writer in at a time, and a blocked writer polls with
+        sleeps of up to 100 ms (its busy handler): with several ingest
+        processes most of the time goes to sleeping past a lock that was
+        released long ago. A blocking ``flock`` wakes the next writer at once.
+        """
+        if self._lock_path is None:
+            yield
+            return
+        with self._thread_lock:
+            if self._lock_fd is None or self._lock_pid != os.getpid():
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+                self._lock_pid = os.getpid()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._lock_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- ingest -------------------------------------------------------------
 
@@ -128,13 +199,13 @@ class SqlIndex:
     ) -> RecordResult:
         duplicate_policy = DuplicatePolicy(duplicate_policy)
         try:
-            with self._write() as conn, conn.begin():
+            with self._write() as conn:
                 result, pks = self._record(conn, header, blob, provenance, duplicate_policy, stages)
         except IntegrityError:
             # Another process created the same patient/study/series/instance
             # between our read and our insert (PostgreSQL only: SQLite writers
             # are serialised). The retry sees their row.
-            with self._write() as conn, conn.begin():
+            with self._write() as conn:
                 result, pks = self._record(conn, header, blob, provenance, duplicate_policy, stages)
         except OperationalError as exc:
             raise OutOfResources(f"index unavailable: {type(exc.orig).__name__}") from exc
@@ -156,10 +227,7 @@ class SqlIndex:
         """The transaction's body; also returns the (series pk, study pk) used."""
         now = _now()
         inst = header.instance
-        existing = conn.execute(
-            select(instances.c.pk, instances.c.sha256, instances.c.storage_key, instances.c.series_pk)
-            .where(instances.c.sop_instance_uid == inst.sop_instance_uid)
-        ).first()
+        existing = conn.execute(_SELECT_EXISTING, {"b_uid": inst.sop_instance_uid}).first()
         if existing is not None:
             if existing.sha256 == blob.sha256:
                 return RecordResult(RecordOutcome.IDENTICAL, orphaned_key=blob.storage_key), None
@@ -198,9 +266,8 @@ class SqlIndex:
         )
         if existing is None:
             instance_pk = conn.execute(
-                insert(instances)
-                .values(sop_instance_uid=inst.sop_instance_uid, series_pk=series_pk, **values)
-                .returning(instances.c.pk)
+                _INSERT_INSTANCE,
+                {"sop_instance_uid": inst.sop_instance_uid, "series_pk": series_pk, **values},
             ).scalar_one()
             self._count_instance(conn, series_pk, study_pk, now)
             outcome, orphan = RecordOutcome.STORED, None
@@ -232,7 +299,7 @@ class SqlIndex:
             self._refresh_study_modalities(conn, study_pk)
         if inst.has_pixel_data and stages:
             conn.execute(
-                insert(work_items),
+                _INSERT_WORK,
                 [
                     dict(
                         instance_pk=instance_pk,
@@ -340,16 +407,8 @@ class SqlIndex:
     def _count_instance(
         conn: Connection, series_pk: int, study_pk: int, now: datetime, delta: int = 1
     ) -> None:
-        conn.execute(
-            update(series)
-            .where(series.c.pk == series_pk)
-            .values(number_of_instances=series.c.number_of_instances + delta, updated_at=now)
-        )
-        conn.execute(
-            update(studies)
-            .where(studies.c.pk == study_pk)
-            .values(number_of_instances=studies.c.number_of_instances + delta, updated_at=now)
-        )
+        conn.execute(_COUNT_SERIES, {"b_pk": series_pk, "b_delta": delta, "b_now": now})
+        conn.execute(_COUNT_STUDY, {"b_pk": study_pk, "b_delta": delta, "b_now": now})
 
     @staticmethod
     def _refresh_study_modalities(conn: Connection, study_pk: int) -> None:
@@ -396,6 +455,11 @@ class SqlIndex:
             .join(studies, series.c.study_pk == studies.c.pk)
             .join(patients, studies.c.patient_pk == patients.c.pk)
         )
+
+    def stored_blob(self, sop_instance_uid: str) -> StoredBlob | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(_SELECT_BLOB, {"b_uid": sop_instance_uid}).first()
+        return StoredBlob(*row) if row else None
 
     def get_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         with self._engine.connect() as conn:
@@ -523,7 +587,7 @@ class SqlIndex:
 
     def claim_work(self, stage: str, limit: int, lease_seconds: float = 300.0) -> list[WorkItem]:
         now = _now()
-        with self._write() as conn, conn.begin():
+        with self._write() as conn:
             claimable = or_(
                 work_items.c.state == WorkState.PENDING,
                 and_(work_items.c.state == WorkState.CLAIMED, work_items.c.claimed_until < now),
@@ -564,7 +628,7 @@ class SqlIndex:
     def complete_work(self, pks: list[int]) -> None:
         if not pks:
             return
-        with self._write() as conn, conn.begin():
+        with self._write() as conn:
             conn.execute(
                 update(work_items)
                 .where(work_items.c.pk.in_(pks))
@@ -572,7 +636,7 @@ class SqlIndex:
             )
 
     def fail_work(self, pk: int, reason: str) -> None:
-        with self._write() as conn, conn.begin():
+        with self._write() as conn:
             conn.execute(
                 update(work_items)
                 .where(work_items.c.pk == pk)

@@ -137,6 +137,14 @@ class IngestService:
         # The SHA-256 covers the dataset only: over DIMSE the File Meta
         # Information is ours, so the dataset is what the sender's bytes were.
         digest = hashlib.sha256(memoryview(blob)[dataset_offset:]).hexdigest()
+        inst = header.instance
+        existing = self.index.stored_blob(inst.sop_instance_uid)
+        if existing is not None and existing.sha256 == digest:
+            # An identical re-send (a modality retrying a study): nothing to
+            # write. (The index re-checks inside its transaction anyway.)
+            return self._result(
+                header, transfer_syntax_uid, RecordOutcome.IDENTICAL, existing.storage_key, len(blob)
+            )
         key = new_storage_key()
         try:
             self.blobs.put(key, blob)
@@ -171,17 +179,22 @@ class IngestService:
             len(blob),
             transfer_syntax_uid,
         )
-        inst = header.instance
         if stored_key is None:
-            existing = self.index.get_instance(inst.sop_instance_uid)
-            stored_key = existing.storage_key if existing else ""
+            kept = self.index.stored_blob(inst.sop_instance_uid)
+            stored_key = kept.storage_key if kept else ""
+        return self._result(header, transfer_syntax_uid, result.outcome, stored_key, len(blob))
+
+    @staticmethod
+    def _result(
+        header: ParsedHeader, transfer_syntax_uid: str, outcome: RecordOutcome, key: str, size: int
+    ) -> StoreResult:
         return StoreResult(
-            sop_class_uid=inst.sop_class_uid,
-            sop_instance_uid=inst.sop_instance_uid,
+            sop_class_uid=header.instance.sop_class_uid,
+            sop_instance_uid=header.instance.sop_instance_uid,
             study_instance_uid=header.study.study_instance_uid,
             series_instance_uid=header.series.series_instance_uid,
             transfer_syntax_uid=transfer_syntax_uid,
-            outcome=result.outcome,
-            storage_key=stored_key,
-            size=len(blob),
+            outcome=outcome,
+            storage_key=key,
+            size=size,
         )

@@ -565,3 +565,13 @@ def test_concurrent_processes_create_one_study(index: SqlIndex, index_url: str) 
     assert st.modalities_in_study == ("CT",)
     assert len(index.list_instances(series_instance_uid=series_uid)) == 100
     assert c.work == {"decode": {"pending": 100}}
+
+
+
+
+def test_stored_blob_lookup(index: SqlIndex) -> None:
+    assert index.stored_blob("1.2.3.4") is None
+    h = header(study_uid="1.2.826.1", series_uid="1.2.826.1.1")
+    stored = blob(b"the dataset")
+    index.record_instance(h, stored, PROV, DuplicatePolicy.KEEP)
+    assert index.stored_blob(h.instance.sop_instance_uid) == stored
