@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     )
     duplicate_policy: DuplicatePolicy = Field(DuplicatePolicy.KEEP)
     ingest_actors: int = Field(
-        default_factory=lambda: max(2, os.cpu_count() or 1),
+        default_factory=lambda: max(4, os.cpu_count() or 1),
         ge=1,
         description="Ingest actors (processes) sharing the DICOM port.",
     )
