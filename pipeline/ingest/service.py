@@ -138,13 +138,6 @@ class IngestService:
         # Information is ours, so the dataset is what the sender's bytes were.
         digest = hashlib.sha256(memoryview(blob)[dataset_offset:]).hexdigest()
         inst = header.instance
-        existing = self.index.stored_blob(inst.sop_instance_uid)
-        if existing is not None and existing.sha256 == digest:
-            # An identical re-send (a modality retrying a study): nothing to
-            # write. (The index re-checks inside its transaction anyway.)
-            return self._result(
-                header, transfer_syntax_uid, RecordOutcome.IDENTICAL, existing.storage_key, len(blob)
-            )
         key = new_storage_key()
         try:
             self.blobs.put(key, blob)

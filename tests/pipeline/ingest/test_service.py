@@ -102,13 +102,3 @@ def test_not_dicom(runtime: Runtime) -> None:
         runtime.ingest.store_part10(b"%PDF-1.7 this is not a DICOM file at all", Provenance("import"))
     assert runtime.index.counts().instances == 0
 
-
-def test_identical_resend_writes_nothing(runtime: Runtime, dicom_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = (dicom_data / CT).read_bytes()
-    first = runtime.ingest.store_part10(data, Provenance("import"))
-    writes: list[str] = []
-    monkeypatch.setattr(runtime.blobs, "put", lambda key, blob: writes.append(key))
-    again = runtime.ingest.store_part10(data, Provenance("import"))
-    assert again.outcome is RecordOutcome.IDENTICAL
-    assert again.storage_key == first.storage_key
-    assert writes == []
