@@ -105,7 +105,9 @@ def read_header(dataset: bytes, transfer_syntax_uid: str) -> tuple[Dataset, bool
     except InvalidDataset:
         raise
     except Exception as exc:  # pydicom raises many kinds for bad bytes
-        raise InvalidDataset(f"cannot parse dataset: {type(exc).__name__}: {exc}") from None
+        # Only the kind: pydicom's messages can quote values (PHI) and the
+        # reason goes to logs and to the peer.
+        raise InvalidDataset(f"cannot parse dataset ({type(exc).__name__})") from None
     if len(ds) == 0:
         raise InvalidDataset("empty dataset")
     return ds, bool(found)
