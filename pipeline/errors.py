@@ -81,6 +81,22 @@ class NotFound(LightboxError):
     failure_reason = 0x0110
 
 
+class DecodeFailed(LightboxError):
+    """The stored pixel data cannot be decoded (the instance stays stored and retrievable)."""
+
+    dimse_status = 0xC000
+    http_status = 422
+    failure_reason = 0x0110
+
+
+class MissingDecoder(DecodeFailed):
+    """No decoder installed for the transfer syntax; the reason names the package."""
+
+    dimse_status = 0xC000
+    http_status = 501
+    failure_reason = 0x0110
+
+
 #: The table, for documentation and tests: error class -> (DIMSE, HTTP).
 ERROR_TABLE: dict[type[LightboxError], tuple[int, int]] = {
     cls: (cls.dimse_status, cls.http_status)
@@ -92,5 +108,7 @@ ERROR_TABLE: dict[type[LightboxError], tuple[int, int]] = {
         TooLarge,
         OutOfResources,
         NotFound,
+        DecodeFailed,
+        MissingDecoder,
     )
 }
