@@ -84,6 +84,9 @@ def import_(
 def status(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    failures: Annotated[
+        bool, typer.Option("--failures", help="List instances whose pixels failed to decode.")
+    ] = False,
 ) -> None:
     """Counts of the archive: patients, studies, series, instances, pixel states, queued work."""
     from dataclasses import asdict
@@ -94,11 +97,17 @@ def status(
     runtime = open_runtime(settings, run_migrations=True)
     try:
         counts = runtime.index.counts()
+        failed = runtime.index.pixel_failures(limit=1000) if failures else []
     finally:
         runtime.close()
     if as_json:
-        typer.echo(json.dumps(asdict(counts), indent=2))
+        values = asdict(counts)
+        if failures:
+            values["pixel_failures"] = [{"sop_instance_uid": u, "reason": r} for u, r in failed]
+        typer.echo(json.dumps(values, indent=2))
         return
+    for uid, reason in failed:
+        typer.echo(f"  FAILED {uid}: {reason}")
     typer.echo(
         f"patients {counts.patients}  studies {counts.studies}  series {counts.series}  "
         f"instances {counts.instances}  ({counts.bytes / 1e6:.1f} MB)"
@@ -110,6 +119,64 @@ def status(
 
 def _pairs(values: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(values.items())) or "none"
+
+
+@app.command()
+def redecode(
+    data_dir: DataDir = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Also decode again the instances already decoded.")
+    ] = False,
+) -> None:
+    """Queue the pixel data of failed instances (or of all, with --all) for decoding again.
+
+    A running ``lightbox serve`` picks the work up; ``lightbox decode`` runs it here.
+    """
+    from pipeline.index.schema import PixelState
+    from pipeline.runtime import open_runtime
+
+    runtime = open_runtime(_settings(data_dir=data_dir), run_migrations=True)
+    states = (PixelState.FAILED, PixelState.READY) if everything else (PixelState.FAILED,)
+    try:
+        queued = runtime.index.requeue_pixels("decode", states)
+    finally:
+        runtime.close()
+    typer.echo(f"queued {queued} instances for decoding")
+
+
+@app.command()
+def decode(
+    data_dir: DataDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Decode the queued instances in this process (no Ray), then print a summary."""
+    from tqdm import tqdm
+
+    from pipeline.decode.service import STAGE, DecodeService
+    from pipeline.runtime import open_runtime
+    from pipeline.storage.pixels import open_pixel_store
+
+    settings = _settings(data_dir=data_dir)
+    configure_logging("WARNING")
+    runtime = open_runtime(settings, run_migrations=True)
+    service = DecodeService(
+        runtime.index,
+        runtime.blobs,
+        open_pixel_store(settings.resolved_storage_url),
+        settings.max_decoded_bytes,
+    )
+    pending = runtime.index.counts().work.get(STAGE, {}).get("pending", 0)
+    ready = failed = 0
+    try:
+        with tqdm(total=pending, unit="instance", disable=quiet, file=sys.stderr) as bar:
+            while outcomes := service.run_once(limit=16):
+                for outcome in outcomes:
+                    ready += outcome.reason is None
+                    failed += outcome.reason is not None
+                bar.update(len(outcomes))
+    finally:
+        runtime.close()
+    typer.echo(f"decoded {ready} instances; {failed} failed (lightbox status --failures)")
 
 
 @app.command()

@@ -78,6 +78,16 @@ class Settings(BaseSettings):
         ge=1,
         description="Ingest actors (processes) sharing the DICOM port.",
     )
+    decode_actors: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),
+        ge=1,
+        description="Decode actors (one CPU each) turning stored pixel data into Zarr.",
+    )
+    max_decoded_bytes: int = Field(
+        4 * 1024**3,
+        gt=0,
+        description="Largest decoded pixel array accepted (a decompression bomb guard).",
+    )
     http_host: str = Field("0.0.0.0")
     http_port: int = Field(8080, ge=0, le=65535)
     ray_address: str | None = Field(

@@ -1,4 +1,4 @@
-"""``lightbox serve``: the composition root that starts Ray, the ingest actors and HTTP.
+"""``lightbox serve``: the composition root that starts Ray, the ingest and decode actors, HTTP.
 
 Order matters for durability: the index schema is migrated and the blob store
 swept of temporary files before any actor accepts an association.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from pipeline.config import Settings
-from pipeline.index import migrate
+from pipeline.index import SqlIndex, migrate
 from pipeline.storage.blobs import LocalBlobStore, open_blob_store
+from pipeline.storage.pixels import open_pixel_store
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,20 @@ def prepare_storage(settings: Settings) -> None:
         swept = blobs.sweep_temporary()
         if swept:
             log.warning("removed %d partial blob writes left by an earlier crash", swept)
+    pixels = open_pixel_store(settings.resolved_storage_url)
+    swept = pixels.sweep_temporary()
+    if swept:
+        log.warning("removed %d partial pixel stores left by an earlier crash", swept)
+    if not settings.ray_address:
+        # Alone on this index: what our previous run had claimed is ours to
+        # redo now. (In a cluster, other nodes' claims run out by lease.)
+        index = SqlIndex(settings.resolved_index_url)
+        try:
+            released = index.release_claims()
+        finally:
+            index.close()
+        if released:
+            log.warning("resuming %d pipeline work items interrupted by a stop", released)
 
 
 def serve(settings: Settings) -> None:
@@ -88,6 +103,14 @@ def serve(settings: Settings) -> None:
     prepare_storage(settings)
     start_ray(settings)
     actors = start_ingest_actors(settings)
+
+    from pipeline.decode.actors import start_decode
+    from pipeline.runtime import open_runtime
+
+    # The dispatcher claims work with its own index connection; the decode
+    # actors record outcomes with theirs.
+    dispatch_runtime = open_runtime(settings)
+    decoders, dispatcher, dispatch_thread = start_decode(settings, dispatch_runtime.index)
 
     app = create_app(settings)
     server = uvicorn.Server(
@@ -111,8 +134,11 @@ def serve(settings: Settings) -> None:
     # uvicorn installs its own signal handlers while it runs; it stops on
     # SIGINT/SIGTERM and we then stop the actors.
     server.run()
+    dispatcher.stop()
+    dispatch_thread.join(timeout=30)
+    dispatch_runtime.close()
     try:
-        ray.get([a.stop.remote() for a in actors], timeout=30)
+        ray.get([a.stop.remote() for a in [*actors, *decoders]], timeout=30)
     except Exception:  # an actor that is already gone needs no stopping
         log.warning("some ingest actors did not stop cleanly")
     ray.shutdown()

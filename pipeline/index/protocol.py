@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from pipeline.config import DuplicatePolicy
+from pipeline.index.schema import PixelState
 from pipeline.index.records import (
     IndexCounts,
     InstanceRow,
@@ -72,5 +73,19 @@ class Index(Protocol):
     def complete_work(self, pks: list[int]) -> None: ...
 
     def fail_work(self, pk: int, reason: str) -> None: ...
+
+    def finish_pixel_work(
+        self, pk: int, sop_instance_uid: str, state: PixelState, error: str | None = None
+    ) -> None:
+        """Set an instance's pixel state and close its work item in one transaction."""
+
+    def requeue_pixels(self, stage: str, states: tuple[PixelState, ...]) -> int:
+        """Queue ``stage`` again for instances in ``states``; returns how many."""
+
+    def pixel_failures(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(SOP Instance UID, reason) of instances whose pixels failed to decode."""
+
+    def release_claims(self) -> int:
+        """Make every claimed work item pending again (a lone server restarting)."""
 
     def close(self) -> None: ...

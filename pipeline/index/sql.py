@@ -642,3 +642,97 @@ class SqlIndex:
                 .where(work_items.c.pk == pk)
                 .values(state=WorkState.FAILED, error=reason, claimed_until=None, updated_at=_now())
             )
+
+    # -- pixel state ----------------------------------------------------------
+
+    def finish_pixel_work(
+        self, pk: int, sop_instance_uid: str, state: PixelState, error: str | None = None
+    ) -> None:
+        """Record a decode outcome and close its work item, in one transaction.
+
+        A crash before this commits leaves the item claimed; its lease runs
+        out and the (idempotent) decode runs again.
+        """
+        now = _now()
+        work_state = WorkState.FAILED if state is PixelState.FAILED else WorkState.DONE
+        with self._write() as conn:
+            conn.execute(
+                update(instances)
+                .where(instances.c.sop_instance_uid == sop_instance_uid)
+                .values(pixel_state=state, pixel_error=error)
+            )
+            conn.execute(
+                update(work_items)
+                .where(work_items.c.pk == pk)
+                .values(state=work_state, error=error, claimed_until=None, updated_at=now)
+            )
+
+    def requeue_pixels(self, stage: str, states: tuple[PixelState, ...]) -> int:
+        """Queue ``stage`` again for every instance whose pixel state is in ``states``.
+
+        Used by ``lightbox redecode``; returns how many instances were queued.
+        """
+        now = _now()
+        with self._write() as conn:
+            pks = list(
+                conn.execute(
+                    select(instances.c.pk).where(instances.c.pixel_state.in_(states))
+                ).scalars()
+            )
+            if not pks:
+                return 0
+            conn.execute(
+                update(work_items)
+                .where(
+                    work_items.c.instance_pk.in_(pks),
+                    work_items.c.stage == stage,
+                    work_items.c.state.in_([WorkState.PENDING, WorkState.CLAIMED]),
+                )
+                .values(state=WorkState.DONE, error="superseded", updated_at=now)
+            )
+            conn.execute(
+                update(instances)
+                .where(instances.c.pk.in_(pks))
+                .values(pixel_state=PixelState.PENDING, pixel_error=None)
+            )
+            conn.execute(
+                insert(work_items),
+                [
+                    dict(
+                        instance_pk=pk,
+                        stage=stage,
+                        state=WorkState.PENDING,
+                        attempts=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    for pk in pks
+                ],
+            )
+        return len(pks)
+
+    def pixel_failures(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(SOP Instance UID, reason) of instances whose pixels failed to decode."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(instances.c.sop_instance_uid, instances.c.pixel_error)
+                .where(instances.c.pixel_state == PixelState.FAILED)
+                .order_by(instances.c.pk)
+                .limit(limit)
+            ).all()
+        return [(uid, error or "") for uid, error in rows]
+
+    def release_claims(self) -> int:
+        """Make every claimed work item pending again; returns how many.
+
+        For a server starting alone on its index (the embedded default): the
+        claims of its previous run died with it, and waiting for their leases
+        to run out would only delay the work.
+        """
+        with self._write() as conn:
+            result = conn.execute(
+                update(work_items)
+                .where(work_items.c.state == WorkState.CLAIMED)
+                .values(state=WorkState.PENDING, claimed_until=None, updated_at=_now())
+            )
+        return int(result.rowcount or 0)

@@ -575,3 +575,33 @@ def test_stored_blob_lookup(index: SqlIndex) -> None:
     stored = blob(b"the dataset")
     index.record_instance(h, stored, PROV, DuplicatePolicy.KEEP)
     assert index.stored_blob(h.instance.sop_instance_uid) == stored
+
+
+def test_release_claims(index: SqlIndex) -> None:
+    h = header(study_uid="1.2.826.2", series_uid="1.2.826.2.1")
+    index.record_instance(h, blob(b"x"), PROV, DuplicatePolicy.KEEP)
+    (item,) = index.claim_work("decode", 10, lease_seconds=3600)
+    assert index.claim_work("decode", 10) == []
+    assert index.release_claims() == 1
+    (again,) = index.claim_work("decode", 10)
+    assert again.pk == item.pk and again.attempts == 2
+
+
+def test_pixel_outcomes_and_requeue(index: SqlIndex) -> None:
+    ok = header(study_uid="1.2.826.3", series_uid="1.2.826.3.1")
+    bad = header(study_uid="1.2.826.3", series_uid="1.2.826.3.1", instance_number=2)
+    for h in (ok, bad):
+        index.record_instance(h, blob(h.instance.sop_instance_uid.encode()), PROV, DuplicatePolicy.KEEP)
+    items = {i.sop_instance_uid: i for i in index.claim_work("decode", 10)}
+    index.finish_pixel_work(items[ok.instance.sop_instance_uid].pk, ok.instance.sop_instance_uid, PixelState.READY)
+    index.finish_pixel_work(
+        items[bad.instance.sop_instance_uid].pk, bad.instance.sop_instance_uid, PixelState.FAILED, "JPEG bad"
+    )
+    counts = index.counts()
+    assert counts.pixel_states == {"ready": 1, "failed": 1}
+    assert counts.work["decode"] == {"done": 1, "failed": 1}
+    assert index.pixel_failures() == [(bad.instance.sop_instance_uid, "JPEG bad")]
+    assert index.requeue_pixels("decode", (PixelState.FAILED,)) == 1
+    assert instance_of(index, bad.instance.sop_instance_uid).pixel_state is PixelState.PENDING
+    assert [i.sop_instance_uid for i in index.claim_work("decode", 10)] == [bad.instance.sop_instance_uid]
+    assert index.requeue_pixels("decode", (PixelState.FAILED, PixelState.READY)) == 1

@@ -1,0 +1,86 @@
+"""The decode service: a queued instance's pixel data into its Zarr pixel store.
+
+It takes ``decode`` work items that ingest committed with each instance
+(:meth:`pipeline.index.protocol.Index.claim_work`). Each decode is idempotent:
+the pixel store's write replaces a group atomically, and the index records the
+outcome and closes the work item in one transaction, so a crash anywhere
+leaves either the old state (the lease runs out, the item is decoded again) or
+the new one. An instance that cannot be decoded keeps its original bytes, stays
+retrievable, and is marked ``failed`` with the reason (``lightbox status``,
+``lightbox redecode``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pipeline.decode.pixels import decode_instance
+from pipeline.errors import DecodeFailed
+from pipeline.index.protocol import Index
+from pipeline.index.records import WorkItem
+from pipeline.index.schema import PixelState
+from pipeline.storage.blobs import BlobStore
+from pipeline.storage.pixels import PixelStore
+
+log = logging.getLogger(__name__)
+
+STAGE = "decode"
+
+#: After this many claims an item whose decode keeps failing unexpectedly
+#: (not bad data: an exception we did not foresee) is marked failed.
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOutcome:
+    pk: int
+    state: PixelState
+    frames: int = 0
+    reason: str | None = None
+
+
+class DecodeService:
+    """Decode claimed work items; see the module docstring.
+
+    Parameters
+    ----------
+    index, blobs, pixels
+        The stores: originals are read from ``blobs``, arrays written to ``pixels``.
+    max_decoded_bytes
+        Instances that would decode to more are refused (decompression bombs).
+    """
+
+    def __init__(
+        self, index: Index, blobs: BlobStore, pixels: PixelStore, max_decoded_bytes: int
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.pixels = pixels
+        self.max_decoded_bytes = max_decoded_bytes
+
+    def decode(self, item: WorkItem) -> DecodeOutcome:
+        """Decode one item and record the outcome (never raises for bad data)."""
+        try:
+            data = self.blobs.get(item.storage_key)
+            decoded = decode_instance(data, self.max_decoded_bytes)
+            self.pixels.write(item.storage_key, decoded.frames, decoded.description)
+        except DecodeFailed as exc:
+            return self._failed(item, exc.reason)
+        except Exception as exc:
+            # Storage trouble is worth retrying: leave the item claimed, its
+            # lease runs out and it comes back, until MAX_ATTEMPTS.
+            if item.attempts < MAX_ATTEMPTS:
+                raise
+            return self._failed(item, f"gave up after {item.attempts} attempts: {type(exc).__name__}")
+        self.index.finish_pixel_work(item.pk, item.sop_instance_uid, PixelState.READY)
+        return DecodeOutcome(item.pk, PixelState.READY, frames=int(decoded.frames.shape[0]))
+
+    def _failed(self, item: WorkItem, reason: str) -> DecodeOutcome:
+        log.warning("decode failed key=%s reason=%s", item.storage_key, reason)
+        self.index.finish_pixel_work(item.pk, item.sop_instance_uid, PixelState.FAILED, reason)
+        return DecodeOutcome(item.pk, PixelState.FAILED, reason=reason)
+
+    def run_once(self, limit: int = 16, lease_seconds: float = 300.0) -> list[DecodeOutcome]:
+        """Claim up to ``limit`` items and decode them here (tests, ``lightbox decode``)."""
+        return [self.decode(item) for item in self.index.claim_work(STAGE, limit, lease_seconds)]
