@@ -87,3 +87,47 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
 def rounds() -> Callable[[Template], int]:
     """Rounds per benchmark: fewer for the big dataset (each one fsyncs a file)."""
     return lambda t: 60 if t.name == "ct" else 200
+
+
+# -- throughput figures (decode benchmarks) ---------------------------------------
+
+#: (label, frames/s, MB/s, mean s, median s, rounds) of each benchmark that
+#: called :func:`report_throughput`, printed at the end of the session.
+THROUGHPUT: list[tuple[str, float, float, float, float, int]] = []
+
+
+def report_throughput(benchmark, label: str, *, frames: int, decoded_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    """Put frames/s and MB/s (decoded bytes, 1 MB = 10^6 bytes) of one round in ``extra_info``.
+
+    Computed from the mean round time (throughput over every round, slow ones
+    included); ``*_median`` from the median round. ``frames`` and
+    ``decoded_bytes`` are what one round produces. Nothing is recorded when
+    benchmarking is disabled (``--benchmark-disable``: one plain call).
+    """
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is None or not stats.mean:
+        return
+    info = benchmark.extra_info
+    info["frames_per_round"] = frames
+    info["decoded_bytes_per_round"] = decoded_bytes
+    info["frames_per_s"] = round(frames / stats.mean, 2)
+    info["mb_per_s"] = round(decoded_bytes / 1e6 / stats.mean, 2)
+    info["frames_per_s_median"] = round(frames / stats.median, 2)
+    info["mb_per_s_median"] = round(decoded_bytes / 1e6 / stats.median, 2)
+    THROUGHPUT.append(
+        (label, info["frames_per_s"], info["mb_per_s"], stats.mean, stats.median, stats.rounds)
+    )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if not THROUGHPUT:
+        return
+    tr = terminalreporter
+    tr.section("throughput (from the mean round; decoded bytes, 1 MB = 10^6 B)")
+    tr.write_line(
+        f"{'benchmark':<44} {'frames/s':>10} {'MB/s':>9} {'mean ms':>10} {'median ms':>10} {'rounds':>6}"
+    )
+    for label, fps, mbps, mean, median, rounds in THROUGHPUT:
+        tr.write_line(
+            f"{label:<44} {fps:>10.1f} {mbps:>9.1f} {mean * 1e3:>10.3f} {median * 1e3:>10.3f} {rounds:>6}"
+        )

@@ -209,6 +209,34 @@ def write_ct_series(
     return paths
 
 
+def to_jpeg_lossless_sv1(src: Path, dst: Path) -> None:
+    """Re-encode the Part-10 file ``src`` as JPEG Lossless SV1 (1.2.840.10008.1.2.4.70) into ``dst``.
+
+    pydicom 3.0 has no encoder for any JPEG process (``pydicom.pixels.get_encoder``
+    raises ``NotImplementedError``; it encodes RLE, JPEG-LS, JPEG 2000 and
+    Deflated only), so GDCM (python-gdcm) does it: ``ImageChangeTransferSyntax``
+    to JPEG Lossless Process 14 Selection Value 1. Everything else in the file
+    is kept; the result decodes to the same stored values (signed 16-bit included).
+    """
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM cannot read {src}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError(f"GDCM cannot encode {src} as JPEG Lossless SV1")
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(dst))
+    if not writer.Write():
+        raise RuntimeError(f"GDCM cannot write {dst}")
+
+
 # -- small MR -------------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ sizes and exception kinds, never values, so they are free of PHI):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 
@@ -83,10 +83,15 @@ class DecodedPixels:
         ``(frames, rows, columns)`` or ``(frames, rows, columns, samples)``.
     description : dict
         JSON-serialisable; see :func:`pipeline.decode.describe.describe`.
+    luts : dict of str to numpy.ndarray
+        Lookup tables too large for the description, by name (the palette's
+        ``palette_red``, ``palette_green``, ``palette_blue``: up to 65536
+        entries each); the description names them.
     """
 
     frames: np.ndarray
     description: dict[str, Any]
+    luts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,4 +262,21 @@ def decode_instance(part10: bytes, max_decoded_bytes: int) -> DecodedPixels:
         description = describe(ds, decoder, frames, meta, arr.dtype.name)
     except Exception as exc:  # a malformed header value the renderer would need
         raise DecodeFailed(f"cannot describe pixel data ({type(exc).__name__})") from None
-    return DecodedPixels(frames=arr, description=description)
+    return DecodedPixels(frames=arr, description=description, luts=_lift_palette(description))
+
+
+def _lift_palette(description: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Move the palette's LUT data out of the description into arrays.
+
+    A 16-bit palette is 3 x 65536 entries: as JSON in the group's metadata it
+    would be parsed on every frame read. The description keeps the descriptors
+    and the names of the arrays (``palette["luts"]``).
+    """
+    palette = description.get("palette")
+    if not palette:
+        return {}
+    luts = {}
+    for colour in ("red", "green", "blue"):
+        luts[f"palette_{colour}"] = np.asarray(palette.pop(colour), dtype=np.uint16)
+    palette["luts"] = {colour: f"palette_{colour}" for colour in ("red", "green", "blue")}
+    return luts

@@ -64,7 +64,7 @@ class DecodeService:
         try:
             data = self.blobs.get(item.storage_key)
             decoded = decode_instance(data, self.max_decoded_bytes)
-            self.pixels.write(item.storage_key, decoded.frames, decoded.description)
+            self.pixels.write(item.storage_key, decoded.frames, decoded.description, decoded.luts)
         except DecodeFailed as exc:
             return self._failed(item, exc.reason)
         except Exception as exc:

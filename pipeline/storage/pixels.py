@@ -64,9 +64,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -100,10 +101,18 @@ class PixelStore(Protocol):
 
     url: str
 
-    def write(self, key: str, frames: np.ndarray, description: dict[str, Any]) -> None:
+    def write(
+        self,
+        key: str,
+        frames: np.ndarray,
+        description: dict[str, Any],
+        luts: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Store ``frames`` (F, R, C[, S]) of ``key``; complete and durable when this returns."""
 
     def read_frame(self, key: str, index: int, level: int = 0) -> np.ndarray: ...
+
+    def read_lut(self, key: str, name: str) -> np.ndarray: ...
 
     def read_region(
         self, key: str, frame: int, y: int, x: int, height: int, width: int, level: int = 0
@@ -194,7 +203,13 @@ class ZarrPixelStore:
 
     # -- writing ------------------------------------------------------------------
 
-    def write(self, key: str, frames: np.ndarray, description: dict[str, Any]) -> None:
+    def write(
+        self,
+        key: str,
+        frames: np.ndarray,
+        description: dict[str, Any],
+        luts: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Store the decoded ``frames`` of ``key``, replacing any earlier pixels.
 
         Parameters
@@ -206,6 +221,9 @@ class ZarrPixelStore:
             uint32 or int32; stored with exactly this dtype.
         description : dict
             JSON-serialisable facts about the pixels, returned by :meth:`description`.
+        luts : mapping of str to numpy.ndarray, optional
+            1-D lookup tables stored beside the frames (``luts/<name>``), for
+            data too large for the description (a 16-bit palette).
 
         Raises
         ------
@@ -218,18 +236,21 @@ class ZarrPixelStore:
         name = group_name(key)
         frames = _check_frames(frames)
         attributes = _attributes(frames, description)
+        tables = {n: _check_lut(n, t) for n, t in (luts or {}).items()}
         if self.local:
-            self._write_local(name, frames, attributes)
+            self._write_local(name, frames, attributes, tables)
         else:
-            self._write_fsspec(name, frames, attributes)
+            self._write_fsspec(name, frames, attributes, tables)
 
-    def _write_local(self, name: str, frames: np.ndarray, attributes: dict[str, Any]) -> None:
+    def _write_local(
+        self, name: str, frames: np.ndarray, attributes: dict[str, Any], luts: dict[str, np.ndarray]
+    ) -> None:
         final = self.pixels / name
         self._ensure_dir(final.parent)
         tag = uuid.uuid4().hex[:8]
         tmp = final.with_name(f".{final.name}.{tag}.tmp")
         try:
-            _write_group(LocalStore(tmp), frames, attributes)
+            _write_group(LocalStore(tmp), frames, attributes, luts)
             _fsync_tree(tmp)
         except BaseException:
             _remove_tree(tmp)
@@ -252,12 +273,14 @@ class ZarrPixelStore:
         if old is not None:
             _remove_tree(old)
 
-    def _write_fsspec(self, name: str, frames: np.ndarray, attributes: dict[str, Any]) -> None:
+    def _write_fsspec(
+        self, name: str, frames: np.ndarray, attributes: dict[str, Any], luts: dict[str, np.ndarray]
+    ) -> None:
         path = f"{self._pixels}/{name}"
         # Mark any old group absent before touching its arrays, so no reader
         # sees old metadata over new chunks.
         self._remove_fsspec(path)
-        _write_group(self._zstore(name), frames, attributes)
+        _write_group(self._zstore(name), frames, attributes, luts)
 
     def _ensure_dir(self, folder: Path) -> None:
         if folder in self._made_dirs:
@@ -327,6 +350,14 @@ class ZarrPixelStore:
         if not inside:
             raise IndexError(f"region {frame}:{y}+{height}:{x}+{width} outside {array.shape[:3]}")
         return array[frame, y : y + height, x : x + width]
+
+    def read_lut(self, key: str, name: str) -> np.ndarray:
+        """A lookup table stored with ``write(..., luts=...)``."""
+        group = self._group(key)
+        try:
+            return np.asarray(group["luts"][name][...])
+        except KeyError:
+            raise FileNotFoundError(f"no LUT {name!r} for this instance") from None
 
     def description(self, key: str) -> dict[str, Any]:
         """The ``description`` given to :meth:`write`."""
@@ -503,12 +534,30 @@ def _write_levels(group: zarr.Group, frames: np.ndarray) -> None:
         array[...] = data
 
 
-def _write_group(store: Store, frames: np.ndarray, attributes: dict) -> None:
+def _write_group(
+    store: Store, frames: np.ndarray, attributes: dict, luts: dict[str, np.ndarray]
+) -> None:
     # The group starts without attributes (no completion flag); the arrays go
     # in; the group's zarr.json with the flag is rewritten last.
     group = zarr.create_group(store, zarr_format=3)
     _write_levels(group, frames)
+    if luts:
+        tables = group.create_group("luts")
+        for name, table in luts.items():
+            tables.create_array(name, data=table)
     group.update_attributes(attributes)
+
+
+_LUT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _check_lut(name: str, table: np.ndarray) -> np.ndarray:
+    if not _LUT_NAME.fullmatch(name):
+        raise ValueError("a LUT name is lower-case letters, digits and '_'")
+    table = np.asarray(table)
+    if table.ndim != 1 or table.dtype.kind not in "iu":
+        raise ValueError("a LUT is a 1-D integer array")
+    return table
 
 
 def _is_complete(attributes: dict[str, Any]) -> bool:

@@ -286,18 +286,21 @@ def test_palette_lut_matches_pydicom(
         ds = pydicom.dcmread(dicom_data / rel)
         assert palette["descriptor"]["red"] == list(ds.RedPaletteColorLookupTableDescriptor)
         first = palette["descriptor"]["red"][1]
-        index = np.clip(result.frames[0].astype(np.int64) - first, 0, len(palette["red"]) - 1)
+        index = np.clip(
+            result.frames[0].astype(np.int64) - first, 0, len(result.luts["palette_red"]) - 1
+        )
         ours = np.stack(
-            [np.asarray(palette[c], dtype=np.uint16)[index] for c in ("red", "green", "blue")], -1
+            [result.luts[palette["luts"][c]][index] for c in ("red", "green", "blue")], -1
         )
         assert np.array_equal(ours, apply_color_lut(pixel_array(ds), ds))
 
 
 def test_supplemental_palette_is_described(decoded: Callable[[str], DecodedPixels]) -> None:
-    palette = decoded("enhanced/eCT_Supplemental.dcm").description["palette"]
+    result = decoded("enhanced/eCT_Supplemental.dcm")
+    palette = result.description["palette"]
     assert palette["supplemental"] and not palette["segmented"]
     assert palette["descriptor"]["red"] == [100, 1024, 16]
-    assert len(palette["red"]) == len(palette["green"]) == len(palette["blue"]) == 100
+    assert [len(result.luts[palette["luts"][c]]) for c in ("red", "green", "blue")] == [100] * 3
 
 
 def _group_value(ds: Dataset, frame: int, sequence: str, keyword: str) -> float:

@@ -492,3 +492,16 @@ def test_local_store_url(tmp_path: Path) -> None:
     s = ZarrPixelStore(f"file://{tmp_path}")
     assert s.url == f"file://{tmp_path.resolve()}"
     assert s.pixels == tmp_path.resolve() / "pixels"
+
+
+def test_luts_round_trip(store: ZarrPixelStore) -> None:
+    key = new_storage_key()
+    red = np.arange(65536, dtype=np.uint16)
+    store.write(key, np.zeros((1, 4, 4), np.uint16), {"palette": {"luts": {"red": "palette_red"}}},
+                luts={"palette_red": red})  # fmt: skip
+    assert np.array_equal(store.read_lut(key, "palette_red"), red)
+    assert len(json.dumps(store.description(key))) < 200  # the table is not in the metadata
+    with pytest.raises(FileNotFoundError):
+        store.read_lut(key, "palette_blue")
+    with pytest.raises(ValueError):
+        store.write(key, np.zeros((1, 4, 4), np.uint16), {}, luts={"../x": red})
