@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,9 @@ from pipeline.storage.pixels import open_pixel_store
 
 log = logging.getLogger(__name__)
 
+#: Added to the decode actors' niceness (ingest keeps the default priority).
+DECODE_NICENESS = 10
+
 
 class DecodeWorker:
     """The plain class behind the decode actor."""
@@ -32,6 +36,9 @@ class DecodeWorker:
     def __init__(self, settings_json: str) -> None:
         settings = Settings.model_validate_json(settings_json)
         configure_logging(settings.log_level)
+        # Decoding can wait, a modality waiting for its C-STORE response
+        # cannot: on a shared machine the ingest actors get the CPU first.
+        os.nice(DECODE_NICENESS)
         self.runtime = open_runtime(settings)
         self.service = DecodeService(
             self.runtime.index,
