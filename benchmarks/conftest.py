@@ -125,9 +125,11 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
     tr = terminalreporter
     tr.section("throughput (from the mean round; decoded bytes, 1 MB = 10^6 B)")
     tr.write_line(
-        f"{'benchmark':<44} {'frames/s':>10} {'MB/s':>9} {'mean ms':>10} {'median ms':>10} {'rounds':>6}"
+        f"{'benchmark':<44} {'frames/s':>10} {'MB/s':>9} {'mean ms':>10} {'median ms':>10} "
+        f"{'rounds':>6}"
     )
     for label, fps, mbps, mean, median, rounds in THROUGHPUT:
         tr.write_line(
-            f"{label:<44} {fps:>10.1f} {mbps:>9.1f} {mean * 1e3:>10.3f} {median * 1e3:>10.3f} {rounds:>6}"
+            f"{label:<44} {fps:>10.1f} {mbps:>9.1f} {mean * 1e3:>10.3f} {median * 1e3:>10.3f} "
+            f"{rounds:>6}"
         )

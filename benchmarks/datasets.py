@@ -210,7 +210,7 @@ def write_ct_series(
 
 
 def to_jpeg_lossless_sv1(src: Path, dst: Path) -> None:
-    """Re-encode the Part-10 file ``src`` as JPEG Lossless SV1 (1.2.840.10008.1.2.4.70) into ``dst``.
+    """Re-encode the Part-10 file ``src`` as JPEG Lossless SV1 (...4.70) into ``dst``.
 
     pydicom 3.0 has no encoder for any JPEG process (``pydicom.pixels.get_encoder``
     raises ``NotImplementedError``; it encodes RLE, JPEG-LS, JPEG 2000 and

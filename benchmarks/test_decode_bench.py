@@ -5,8 +5,13 @@
   of the 300-slice 512x512 int16 CT of :mod:`benchmarks.datasets` in three
   transfer syntaxes, one slice per round over the whole series, and of the
   4664x3064 JPEG 2000 (lossy) mammogram in ``/work/shared/data``.
+* ``decode service``: :meth:`DecodeService.decode` of one claimed work item
+  (what one call to a decode actor costs: blob read, decode, Zarr write of a
+  one-frame group, index update), on 60 CT slices stored by ``IngestService``
+  into a temporary data folder (SQLite index, local blobs).
 * ``zarr write``: :meth:`ZarrPixelStore.write` of the decoded CT volume
-  (300x512x512 int16, one chunk per frame) and of the mammogram (512x512
+  (300x512x512 int16, one chunk per frame), of one slice (the per-instance
+  write of the decode stage) and of the mammogram (512x512
   tiles and three downsampled levels), on a local temporary folder: Blosc
   zstd, every file fsynced, the group renamed into place.
 * ``zarr read``: :meth:`ZarrPixelStore.read_frame` of one CT slice and
@@ -51,8 +56,13 @@ from pydicom import dcmread, uid
 from benchmarks.conftest import report_throughput
 from benchmarks.datasets import ct_dataset, ct_pixels, to_jpeg_lossless_sv1
 from pipeline.decode.pixels import decode_instance
+from pipeline.decode.service import STAGE, DecodeService
+from pipeline.index.records import Provenance
+from pipeline.index.schema import PixelState
+from pipeline.ingest.part10 import split_part10
+from pipeline.runtime import Runtime
 from pipeline.storage.blobs import new_storage_key
-from pipeline.storage.pixels import TILE, ZarrPixelStore
+from pipeline.storage.pixels import TILE, ZarrPixelStore, open_pixel_store
 
 SLICES = int(os.environ.get("LIGHTBOX_BENCH_SLICES", "300"))
 MAMMOGRAM = Path(
@@ -177,13 +187,52 @@ def test_decode_ct(benchmark, ct_series: dict[str, Series], ct_stored: np.ndarra
 def test_decode_mammogram(benchmark, mammogram: bytes) -> None:  # type: ignore[no-untyped-def]
     """decode_instance of the 4664x3064 JPEG 2000 (lossy) mammogram."""
     benchmark.group = "decode mammogram 4664x3064 J2K lossy"
-    out = benchmark.pedantic(decode_instance, args=(mammogram, MAX_DECODED), rounds=5, warmup_rounds=1)
+    out = benchmark.pedantic(
+        decode_instance, args=(mammogram, MAX_DECODED), rounds=5, warmup_rounds=1
+    )
     benchmark.extra_info.update(
         transfer_syntax=out.description.get("transfer_syntax_uid", uid.JPEG2000),
         shape=list(out.frames.shape),
         stored_mb=round(len(mammogram) / 1e6, 2),
     )
     report_throughput(benchmark, "decode mammogram J2K", frames=1, decoded_bytes=out.frames.nbytes)
+
+
+# -- the decode service: what one decode actor call costs ---------------------------
+
+SERVICE_SLICES = 60
+
+
+@pytest.mark.parametrize("syntax", ["explicit-le", "jpeg-lossless-sv1", "j2k-lossless"])
+def test_decode_service_ct(benchmark, runtime: Runtime, ct_series: dict[str, Series], syntax: str) -> None:  # type: ignore[no-untyped-def]
+    """DecodeService.decode of one claimed work item: blob get, decode, Zarr write
+    (a one-frame group, fsynced, renamed), index update; one instance per round."""
+    series = ct_series[syntax]
+    benchmark.group = "decode service (1 CT instance: blob -> Zarr -> index)"
+    provenance = Provenance("dimse", calling_ae="BENCH")
+    for data in series.files[:SERVICE_SLICES]:
+        part = split_part10(data)
+        runtime.ingest.store_dataset(bytes(part.dataset), part.transfer_syntax_uid, provenance)
+    items = runtime.index.claim_work(STAGE, SERVICE_SLICES, 600)
+    assert len(items) == min(SERVICE_SLICES, len(series.files))
+    service = DecodeService(
+        runtime.index, runtime.blobs, open_pixel_store(runtime.settings.resolved_storage_url),
+        MAX_DECODED,
+    )  # fmt: skip
+    outcomes = []
+    benchmark.pedantic(
+        lambda item: outcomes.append(service.decode(item)),
+        setup=_cycle(items),
+        rounds=len(items),
+        warmup_rounds=0,
+    )
+    # (--benchmark-disable runs one round only.)
+    assert outcomes and all(o.state is PixelState.READY for o in outcomes), outcomes[:3]
+    assert runtime.index.counts().pixel_states.get("ready") == len(outcomes)
+    benchmark.extra_info.update(transfer_syntax=series.transfer_syntax_uid)
+    report_throughput(
+        benchmark, f"decode service CT {syntax}", frames=1, decoded_bytes=512 * 512 * 2
+    )
 
 
 # -- Zarr pixel store ---------------------------------------------------------------
@@ -217,6 +266,19 @@ def test_zarr_write_ct_volume(benchmark, pixel_store: ZarrPixelStore, ct_stored:
     report_throughput(
         benchmark, "zarr write CT volume", frames=ct_stored.shape[0], decoded_bytes=ct_stored.nbytes
     )
+
+
+def test_zarr_write_ct_slice(benchmark, pixel_store: ZarrPixelStore, ct_stored: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """ZarrPixelStore.write of one 512x512 slice: the per-instance write of the decode stage."""
+    benchmark.group = "zarr write"
+    frames = ct_stored[:1]
+    benchmark.pedantic(
+        pixel_store.write,
+        setup=_write_rounds(pixel_store, frames, {"bench": "ct slice"}),
+        rounds=60,
+        warmup_rounds=3,
+    )
+    report_throughput(benchmark, "zarr write CT slice", frames=1, decoded_bytes=frames.nbytes)
 
 
 def test_zarr_write_mammogram(benchmark, pixel_store: ZarrPixelStore, mammogram_decoded: Any) -> None:  # type: ignore[no-untyped-def]
