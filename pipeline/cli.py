@@ -154,17 +154,11 @@ def decode(
 
     from pipeline.decode.service import STAGE, DecodeService
     from pipeline.runtime import open_runtime
-    from pipeline.storage.pixels import open_pixel_store
 
     settings = _settings(data_dir=data_dir)
     configure_logging("WARNING")
     runtime = open_runtime(settings, run_migrations=True)
-    service = DecodeService(
-        runtime.index,
-        runtime.blobs,
-        open_pixel_store(settings.resolved_storage_url),
-        settings.max_decoded_bytes,
-    )
+    service = DecodeService.from_settings(settings, runtime.index, runtime.blobs)
     pending = runtime.index.counts().work.get(STAGE, {}).get("pending", 0)
     ready = failed = 0
     try:

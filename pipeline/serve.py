@@ -1,13 +1,16 @@
 """``lightbox serve``: the composition root that starts Ray, the ingest and decode actors, HTTP.
 
-Order matters for durability: the index schema is migrated and the blob store
-swept of temporary files before any actor accepts an association.
+Order matters for durability: the index schema is migrated, the stores swept
+of what a crash left half-written, and the previous run's claims on pipeline
+work released, before any actor accepts an association or claims work.
 """
 
 from __future__ import annotations
 
 import logging
+
 from pipeline.config import Settings
+from pipeline.decode.actors import start_decode
 from pipeline.index import SqlIndex, migrate
 from pipeline.storage.blobs import LocalBlobStore, open_blob_store
 from pipeline.storage.pixels import open_pixel_store
@@ -94,7 +97,7 @@ def prepare_storage(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM: Ray ingest actors on the DICOM port, HTTP in this process."""
+    """Run until SIGINT/SIGTERM: Ray ingest and decode actors, HTTP in this process."""
     import ray
     import uvicorn
 
@@ -104,13 +107,10 @@ def serve(settings: Settings) -> None:
     start_ray(settings)
     actors = start_ingest_actors(settings)
 
-    from pipeline.decode.actors import start_decode
-    from pipeline.runtime import open_runtime
-
-    # The dispatcher claims work with its own index connection; the decode
-    # actors record outcomes with theirs.
-    dispatch_runtime = open_runtime(settings)
-    decoders, dispatcher, dispatch_thread = start_decode(settings, dispatch_runtime.index)
+    # The dispatcher claims work with an index connection of its own; the
+    # decode actors record outcomes with theirs.
+    dispatch_index = SqlIndex(settings.resolved_index_url)
+    decoders, dispatcher, dispatch_thread = start_decode(settings, dispatch_index)
 
     app = create_app(settings)
     server = uvicorn.Server(
@@ -136,9 +136,9 @@ def serve(settings: Settings) -> None:
     server.run()
     dispatcher.stop()
     dispatch_thread.join(timeout=30)
-    dispatch_runtime.close()
+    dispatch_index.close()
     try:
         ray.get([a.stop.remote() for a in [*actors, *decoders]], timeout=30)
     except Exception:  # an actor that is already gone needs no stopping
-        log.warning("some ingest actors did not stop cleanly")
+        log.warning("some actors did not stop cleanly")
     ray.shutdown()

@@ -22,7 +22,6 @@ from pipeline.index.protocol import Index
 from pipeline.index.records import WorkItem
 from pipeline.logs import configure_logging
 from pipeline.runtime import open_runtime
-from pipeline.storage.pixels import open_pixel_store
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +39,7 @@ class DecodeWorker:
         # cannot: on a shared machine the ingest actors get the CPU first.
         os.nice(DECODE_NICENESS)
         self.runtime = open_runtime(settings)
-        self.service = DecodeService(
-            self.runtime.index,
-            self.runtime.blobs,
-            open_pixel_store(settings.resolved_storage_url),
-            settings.max_decoded_bytes,
-        )
+        self.service = DecodeService.from_settings(settings, self.runtime.index, self.runtime.blobs)
 
     def decode(self, item: WorkItem) -> DecodeOutcome:
         return self.service.decode(item)
@@ -87,7 +81,7 @@ class DecodeDispatcher:
         get: Callable[[Any], Any],
         max_in_flight: int,
         lease_seconds: float = 300.0,
-        idle_seconds: float = 0.5,
+        idle_seconds: float = 0.1,
     ) -> None:
         self.index = index
         self.submit = submit

@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from pipeline.config import Settings
 from pipeline.decode.pixels import decode_instance
 from pipeline.errors import DecodeFailed
 from pipeline.index.protocol import Index
 from pipeline.index.records import WorkItem
 from pipeline.index.schema import PixelState
 from pipeline.storage.blobs import BlobStore
-from pipeline.storage.pixels import PixelStore
+from pipeline.storage.pixels import PixelStore, open_pixel_store
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,13 @@ class DecodeService:
         self.blobs = blobs
         self.pixels = pixels
         self.max_decoded_bytes = max_decoded_bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings, index: Index, blobs: BlobStore) -> DecodeService:
+        """The service on the pixel store under ``settings``' storage URL."""
+        return cls(
+            index, blobs, open_pixel_store(settings.resolved_storage_url), settings.max_decoded_bytes
+        )
 
     def decode(self, item: WorkItem) -> DecodeOutcome:
         """Decode one item and record the outcome (never raises for bad data)."""

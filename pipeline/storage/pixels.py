@@ -74,6 +74,7 @@ from typing import Any, Protocol, runtime_checkable
 import fsspec
 import numpy as np
 import zarr
+from numcodecs import Blosc
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.abc.store import Store
 from zarr.errors import GroupNotFoundError
@@ -250,7 +251,7 @@ class ZarrPixelStore:
         tag = uuid.uuid4().hex[:8]
         tmp = final.with_name(f".{final.name}.{tag}.tmp")
         try:
-            _write_group(LocalStore(tmp), frames, attributes, luts)
+            _write_group_files(tmp, frames, attributes, luts)
             _fsync_tree(tmp)
         except BaseException:
             _remove_tree(tmp)
@@ -520,7 +521,7 @@ def _ngff(shape: tuple[int, ...], levels: int) -> dict[str, Any]:
 
 def _write_levels(group: zarr.Group, frames: np.ndarray) -> None:
     names = ("frame", "y", "x", "sample")[: frames.ndim]
-    compressor = BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle)
+    compressor = _COMPRESSOR
     for level, data in enumerate(itertools.chain([frames], pyramid(frames))):
         array = group.create_array(
             str(level),
@@ -534,6 +535,10 @@ def _write_levels(group: zarr.Group, frames: np.ndarray) -> None:
         array[...] = data
 
 
+#: Lossless, as the module docstring says (the local writer encodes the same).
+_COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle)
+
+
 def _write_group(
     store: Store, frames: np.ndarray, attributes: dict, luts: dict[str, np.ndarray]
 ) -> None:
@@ -544,8 +549,97 @@ def _write_group(
     if luts:
         tables = group.create_group("luts")
         for name, table in luts.items():
-            tables.create_array(name, data=table)
+            tables.create_array(
+                name,
+                shape=table.shape,
+                dtype=table.dtype,
+                chunks=table.shape,
+                compressors=[_COMPRESSOR],
+                fill_value=0,
+            )[...] = table
     group.update_attributes(attributes)
+
+
+def _write_group_files(
+    folder: Path, frames: np.ndarray, attributes: dict, luts: dict[str, np.ndarray]
+) -> None:
+    """Write the same Zarr v3 group as :func:`_write_group`, straight to files.
+
+    zarr-python spends ~9 ms of event-loop round trips on a one-frame group
+    whose data compresses in ~1.3 ms; the decode stage writes one group per
+    instance, so on a local folder (a fresh temporary one, renamed into place
+    afterwards) we write the metadata documents and chunks ourselves. The
+    format is Zarr v3's (regular chunk grid, default "/" chunk keys, bytes +
+    blosc codecs); zarr-python reads it back, as the contract tests check.
+    """
+    names = ("frame", "y", "x", "sample")[: frames.ndim]
+    folder.mkdir(parents=True)
+    for level, data in enumerate(itertools.chain([frames], pyramid(frames))):
+        _write_array_files(folder / str(level), data, chunk_shape(data.shape), names)
+    if luts:
+        (folder / "luts").mkdir()
+        _write_json(folder / "luts" / "zarr.json", _group_document({}))
+        for name, table in luts.items():
+            _write_array_files(folder / "luts" / name, table, table.shape, ())
+    _write_json(folder / "zarr.json", _group_document(attributes))
+
+
+def _group_document(attributes: dict) -> dict[str, Any]:
+    return {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+
+
+def _write_array_files(
+    folder: Path, data: np.ndarray, chunks: tuple[int, ...], names: tuple[str, ...]
+) -> None:
+    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+    itemsize = data.dtype.itemsize
+    bytes_codec: dict[str, Any] = {"name": "bytes"}
+    if itemsize > 1:
+        bytes_codec["configuration"] = {"endian": "little"}
+    document: dict[str, Any] = {
+        "shape": list(data.shape),
+        "data_type": data.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [
+            bytes_codec,
+            {
+                "name": "blosc",
+                "configuration": {
+                    "typesize": itemsize,
+                    "cname": "zstd",
+                    "clevel": 1,
+                    "shuffle": "shuffle",
+                    "blocksize": 0,
+                },
+            },
+        ],
+        "attributes": {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+    if names:
+        document["dimension_names"] = list(names)
+    folder.mkdir()
+    _write_json(folder / "zarr.json", document)
+    blosc = Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE, blocksize=0)
+    grid = [range(0, size, step) for size, step in zip(data.shape, chunks)]
+    for origin in itertools.product(*grid):
+        chunk = data[tuple(slice(o, o + c) for o, c in zip(origin, chunks))]
+        if chunk.shape != chunks:
+            # Zarr stores edge chunks at full size, padded with the fill value.
+            padded = np.zeros(chunks, dtype=data.dtype)
+            padded[tuple(slice(0, n) for n in chunk.shape)] = chunk
+            chunk = padded
+        path = folder.joinpath("c", *(str(o // c) for o, c in zip(origin, chunks)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blosc.encode(np.ascontiguousarray(chunk)))
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, allow_nan=False))
 
 
 _LUT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -10,7 +10,6 @@ from fastapi.testclient import TestClient
 from pipeline.decode.service import DecodeService
 from pipeline.index.records import Provenance
 from pipeline.runtime import Runtime
-from pipeline.storage.pixels import open_pixel_store
 
 
 def test_status_and_instance_show_decode_failures(
@@ -20,12 +19,7 @@ def test_status_and_instance_show_decode_failures(
     bomb = dicom_data / "edge_cases" / "2026-05-26-oob-monochrome-65535.dcm"
     for path in (good, bomb):
         runtime.ingest.store_part10(path.read_bytes(), Provenance("import"))
-    DecodeService(
-        runtime.index,
-        runtime.blobs,
-        open_pixel_store(runtime.settings.resolved_storage_url),
-        runtime.settings.max_decoded_bytes,
-    ).run_once()
+    DecodeService.from_settings(runtime.settings, runtime.index, runtime.blobs).run_once()
 
     status = client.get("/api/status").json()
     assert status["instances"] == 2

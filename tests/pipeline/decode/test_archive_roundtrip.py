@@ -22,7 +22,6 @@ from pipeline.errors import LightboxError
 from pipeline.index.records import Provenance
 from pipeline.index.schema import PixelState
 from pipeline.runtime import Runtime, open_runtime
-from pipeline.storage.pixels import open_pixel_store
 from tests.conftest import free_port
 from tests.pipeline.decode.test_pixels import EDGE_CASES, IMAGES, assert_equal_frames, reference
 
@@ -43,12 +42,7 @@ def archive(dicom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         data_dir=tmp_path_factory.mktemp("roundtrip"), dicom_port=free_port(), http_port=free_port()
     )
     runtime = open_runtime(settings, run_migrations=True)
-    service = DecodeService(
-        runtime.index,
-        runtime.blobs,
-        open_pixel_store(settings.resolved_storage_url),
-        settings.max_decoded_bytes,
-    )
+    service = DecodeService.from_settings(settings, runtime.index, runtime.blobs)
     stored: dict[str, str] = {}
     kept: dict[str, str] = {}
     rels = [*IMAGES, *(f"edge_cases/{name}" for name in sorted(EDGE_CASES))]

@@ -13,18 +13,12 @@ from pipeline.decode.service import MAX_ATTEMPTS, STAGE, DecodeService
 from pipeline.index.records import Provenance
 from pipeline.index.schema import PixelState
 from pipeline.runtime import Runtime
-from pipeline.storage.pixels import open_pixel_store
 from tests.corpus import SERIES
 
 
 @pytest.fixture
 def service(runtime: Runtime) -> DecodeService:
-    return DecodeService(
-        runtime.index,
-        runtime.blobs,
-        open_pixel_store(runtime.settings.resolved_storage_url),
-        runtime.settings.max_decoded_bytes,
-    )
+    return DecodeService.from_settings(runtime.settings, runtime.index, runtime.blobs)
 
 
 def store(runtime: Runtime, *paths: Path) -> None:

@@ -268,13 +268,21 @@ def test_failed_write_leaves_no_group(
     store: ZarrPixelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = new_storage_key()
+    # The array data is written (zarr for object stores, our own files for a
+    # local folder), then the write dies.
     real = pixels_module._write_levels  # noqa: SLF001
+    real_files = pixels_module._write_array_files  # noqa: SLF001
 
     def write_then_fail(group: zarr.Group, frames: np.ndarray) -> None:
-        real(group, frames)  # all the array data is written...
-        raise OSError(28, "No space left on device")  # ...then the write dies
+        real(group, frames)
+        raise OSError(28, "No space left on device")
+
+    def write_files_then_fail(*args: Any) -> None:
+        real_files(*args)
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pixels_module, "_write_levels", write_then_fail)
+    monkeypatch.setattr(pixels_module, "_write_array_files", write_files_then_fail)
     with pytest.raises(OSError, match="No space left"):
         store.write(key, _random((3, 64, 64), "i2"), {})
     monkeypatch.undo()
@@ -300,10 +308,10 @@ def test_no_partial_group_is_visible_during_a_write(
         store.write(key, old, {"version": 1})
     new = _random((3, 32, 32), "i2")
     real = pixels_module._write_levels  # noqa: SLF001
+    real_files = pixels_module._write_array_files  # noqa: SLF001
     seen: list[Any] = []
 
-    def write_and_look(group: zarr.Group, frames: np.ndarray) -> None:
-        real(group, frames)
+    def look() -> None:
         # Every array of the new group is written, its metadata not yet final.
         seen.append(store.exists(key))
         if store.exists(key):
@@ -313,7 +321,16 @@ def test_no_partial_group_is_visible_during_a_write(
             with pytest.raises(FileNotFoundError):
                 store.read_frame(key, 0)
 
+    def write_and_look(group: zarr.Group, frames: np.ndarray) -> None:
+        real(group, frames)
+        look()
+
+    def write_files_and_look(*args: Any) -> None:
+        real_files(*args)
+        look()
+
     monkeypatch.setattr(pixels_module, "_write_levels", write_and_look)
+    monkeypatch.setattr(pixels_module, "_write_array_files", write_files_and_look)
     store.write(key, new, {"version": 2})
     monkeypatch.undo()
     if rewrite and store.local:
@@ -505,3 +522,26 @@ def test_luts_round_trip(store: ZarrPixelStore) -> None:
         store.read_lut(key, "palette_blue")
     with pytest.raises(ValueError):
         store.write(key, np.zeros((1, 4, 4), np.uint16), {}, luts={"../x": red})
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((2, 40, 30), "u1"), ((1, 64, 64, 3), "u1"), ((3, 50, 70), "i2"), ((1, 1300, 700), "u2"), ((1, 2100, 90), "i4")],
+)
+def test_local_files_are_what_zarr_writes(tmp_path: Path, shape: tuple[int, ...], dtype: str) -> None:
+    """The local store writes Zarr v3 files itself: the same metadata and values as zarr-python."""
+    frames = _random(shape, dtype)
+    local = ZarrPixelStore(str(tmp_path / "local"))
+    remote = ZarrPixelStore(f"memory://lightbox-same-{uuid.uuid4().hex}")
+    key = new_storage_key()
+    luts = {"palette_red": np.arange(300, dtype=np.uint16)}
+    for store in (local, remote):
+        store.write(key, frames, {"d": 1}, luts=luts)
+    mine, theirs = local._group(key), remote._group(key)  # noqa: SLF001
+    assert dict(mine.attrs) == dict(theirs.attrs)
+    levels = mine.attrs["lightbox"]["levels"]
+    for level in range(levels):
+        assert mine[str(level)].metadata.to_dict() == theirs[str(level)].metadata.to_dict()
+        np.testing.assert_array_equal(mine[str(level)][...], theirs[str(level)][...])
+    assert mine["luts"]["palette_red"].metadata.to_dict() == theirs["luts"]["palette_red"].metadata.to_dict()
+    np.testing.assert_array_equal(local.read_lut(key, "palette_red"), luts["palette_red"])
