@@ -88,7 +88,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest decoded pixel array accepted (a decompression bomb guard).",
     )
-    http_host: str = Field("0.0.0.0")
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP API listens on; loopback until authentication exists.",
+    )
     http_port: int = Field(8080, ge=0, le=65535)
     ray_address: str | None = Field(
         None, description="Ray cluster address; empty starts an embedded local Ray."
