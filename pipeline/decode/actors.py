@@ -81,7 +81,7 @@ class DecodeDispatcher:
         get: Callable[[Any], Any],
         max_in_flight: int,
         lease_seconds: float = 300.0,
-        idle_seconds: float = 0.1,
+        idle_seconds: float = 0.25,
     ) -> None:
         self.index = index
         self.submit = submit
@@ -95,9 +95,13 @@ class DecodeDispatcher:
         self._stop = threading.Event()
 
     def step(self, in_flight: list[Any]) -> list[Any]:
-        """Top up to ``max_in_flight`` from the queue, then wait for one to finish."""
+        """Top up to ``max_in_flight`` from the queue, then wait for one to finish.
+
+        Claims go in batches (when half the calls are done), so that the
+        index's writers' lock is taken once for several items.
+        """
         room = self.max_in_flight - len(in_flight)
-        if room > 0:
+        if room >= max(1, self.max_in_flight // 2):
             for item in self.index.claim_work(STAGE, room, self.lease_seconds):
                 in_flight.append(self.submit(item))
         if not in_flight:
@@ -150,7 +154,7 @@ def start_decode(settings: Settings, index: Index) -> tuple[list[Any], DecodeDis
         return next(turn).decode.remote(item)
 
     dispatcher = DecodeDispatcher(
-        index, submit, ray.wait, ray.get, max_in_flight=2 * len(workers)
+        index, submit, ray.wait, ray.get, max_in_flight=4 * len(workers)
     )
     thread = threading.Thread(target=dispatcher.run, name="decode-dispatcher", daemon=True)
     thread.start()

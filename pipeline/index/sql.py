@@ -587,11 +587,17 @@ class SqlIndex:
 
     def claim_work(self, stage: str, limit: int, lease_seconds: float = 300.0) -> list[WorkItem]:
         now = _now()
+        claimable = or_(
+            work_items.c.state == WorkState.PENDING,
+            and_(work_items.c.state == WorkState.CLAIMED, work_items.c.claimed_until < now),
+        )
+        # A read first: an idle stage polls often, and a write transaction
+        # would take the writers' lock from ingest each time for nothing.
+        with self._engine.connect() as conn:
+            probe = select(work_items.c.pk).where(work_items.c.stage == stage, claimable).limit(1)
+            if conn.execute(probe).first() is None:
+                return []
         with self._write() as conn:
-            claimable = or_(
-                work_items.c.state == WorkState.PENDING,
-                and_(work_items.c.state == WorkState.CLAIMED, work_items.c.claimed_until < now),
-            )
             query = (
                 select(
                     work_items.c.pk,
