@@ -29,6 +29,7 @@ Read the ratios, not the absolute figures: the machine is shared and noisy.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import json
 import os
@@ -78,7 +79,7 @@ def http_json(url: str, timeout: float = 5) -> Any:
 # -- servers ----------------------------------------------------------------------
 
 
-class Server:
+class Server(abc.ABC):
     """A server process started in a session of its own (so that every helper
     process it starts can be found, measured and stopped by session id)."""
 
@@ -94,9 +95,9 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
-    # subclasses: command(), env(), ready(), count(), problems()
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)
@@ -163,8 +164,9 @@ class Server:
         """The processes that do the ingest work (all of them for Orthanc)."""
         return set(pids)
 
+    @abc.abstractmethod
     def count(self) -> int:
-        raise NotImplementedError
+        """How many instances the server holds."""
 
     def problems(self) -> dict[str, list[str]]:
         """Log lines that report errors, and those that warn."""

@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import fsspec
 
+from pipeline.storage.durable import DurableFolders, fsync_dir
+
 _KEY = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/[0-9a-f]{32}\.dcm")
 
 
@@ -67,26 +69,14 @@ class LocalBlobStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = f"file://{self.root}"
-        self._made_dirs: set[Path] = set()
+        self._folders = DurableFolders(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _ensure_dir(self, folder: Path) -> None:
-        if folder in self._made_dirs:
-            return
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        if created:
-            # The new folders' entries must be durable in their parents too.
-            for parent in list(folder.relative_to(self.root).parents)[:-1]:
-                _fsync_dir(self.root / parent)
-            _fsync_dir(self.root)
-        self._made_dirs.add(folder)
-
     def put(self, key: str, data: bytes | memoryview) -> None:
         path = self._path(key)
-        self._ensure_dir(path.parent)
+        self._folders.ensure(path.parent)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
@@ -101,7 +91,7 @@ class LocalBlobStore:
             raise
         os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -162,11 +152,3 @@ def open_blob_store(url: str) -> BlobStore:
     if protocol in (None, "file", "local"):
         return LocalBlobStore(fsspec.core.strip_protocol(url) if protocol else url)
     return FsspecBlobStore(url)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

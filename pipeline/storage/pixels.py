@@ -80,6 +80,7 @@ from zarr.abc.store import Store
 from zarr.errors import GroupNotFoundError
 from zarr.storage import FsspecStore, LocalStore
 
+from pipeline.storage.durable import DurableFolders, fsync_dir
 from pipeline.storage.blobs import check_key
 
 LAYOUT_VERSION = 1
@@ -193,7 +194,7 @@ class ZarrPixelStore:
             self.url = f"file://{self.root}"
             self.pixels = self.root / PIXELS_FOLDER
             self.pixels.mkdir(parents=True, exist_ok=True)
-            self._made_dirs: set[Path] = set()
+            self._folders = DurableFolders(self.root)
         else:
             self.url = url.rstrip("/")
             # A sync file system for metadata checks and removal, and an async
@@ -247,7 +248,7 @@ class ZarrPixelStore:
         self, name: str, frames: np.ndarray, attributes: dict[str, Any], luts: dict[str, np.ndarray]
     ) -> None:
         final = self.pixels / name
-        self._ensure_dir(final.parent)
+        self._folders.ensure(final.parent)
         tag = uuid.uuid4().hex[:8]
         tmp = final.with_name(f".{final.name}.{tag}.tmp")
         try:
@@ -270,7 +271,7 @@ class ZarrPixelStore:
                 os.rename(old, final)
             _remove_tree(tmp)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         if old is not None:
             _remove_tree(old)
 
@@ -282,18 +283,6 @@ class ZarrPixelStore:
         # sees old metadata over new chunks.
         self._remove_fsspec(path)
         _write_group(self._zstore(name), frames, attributes, luts)
-
-    def _ensure_dir(self, folder: Path) -> None:
-        if folder in self._made_dirs:
-            return
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        if created:
-            # The new folders' entries must be durable in their parents too.
-            for parent in list(folder.relative_to(self.root).parents)[:-1]:
-                _fsync_dir(self.root / parent)
-            _fsync_dir(self.root)
-        self._made_dirs.add(folder)
 
     # -- reading ------------------------------------------------------------------
 
@@ -411,7 +400,7 @@ class ZarrPixelStore:
                 os.rename(final, aside)
             except FileNotFoundError:
                 return
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             _remove_tree(aside)
         else:
             self._remove_fsspec(f"{self._pixels}/{name}")
@@ -673,16 +662,8 @@ def _fsync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
         os.chmod(dirpath, 0o750)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def _remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
