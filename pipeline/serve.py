@@ -12,6 +12,7 @@ import logging
 from pipeline.config import Settings
 from pipeline.decode.actors import start_decode
 from pipeline.index import SqlIndex, migrate
+from pipeline.ingest.actors import start_ingest
 from pipeline.storage.blobs import LocalBlobStore, open_blob_store
 from pipeline.storage.pixels import open_pixel_store
 
@@ -34,41 +35,6 @@ def start_ray(settings: Settings) -> None:
             log_to_driver=True,
             configure_logging=False,
         )
-
-
-def start_ingest_actors(settings: Settings) -> list:  # type: ignore[type-arg]
-    """Start ``settings.ingest_actors`` actors and wait until each listens."""
-    import ray
-
-    from pipeline.ingest.actors import ingest_actor_class
-
-    actor_class = ingest_actor_class()
-    settings_json = settings.model_dump_json()
-    actors = [
-        actor_class.options(name=f"lightbox-ingest-{i}", scheduling_strategy="SPREAD").remote(
-            settings_json
-        )
-        for i in range(settings.ingest_actors)
-    ]
-    try:
-        ready = ray.get([a.ready.remote() for a in actors], timeout=120)
-    except ray.exceptions.RayError as exc:
-        # The actor's traceback ends with the cause, e.g. "OSError: [Errno 98]
-        # Address already in use": that line is what an administrator needs.
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        ray.shutdown()
-        raise SystemExit(
-            f"lightbox: the DICOM ingest actors could not start on port "
-            f"{settings.dicom_port}: {lines[-1].strip() if lines else exc}"
-        ) from None
-    log.info(
-        "%d ingest actors listening on DICOM port %d as %s (pids %s)",
-        len(actors),
-        settings.dicom_port,
-        settings.ae_title,
-        ",".join(str(r["pid"]) for r in ready),
-    )
-    return actors
 
 
 def prepare_storage(settings: Settings) -> None:
@@ -105,7 +71,7 @@ def serve(settings: Settings) -> None:
 
     prepare_storage(settings)
     start_ray(settings)
-    actors = start_ingest_actors(settings)
+    actors = start_ingest(settings)
 
     # The dispatcher claims work with an index connection of its own; the
     # decode actors record outcomes with theirs.

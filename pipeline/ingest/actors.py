@@ -8,6 +8,7 @@ GIL of one does not limit the others.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,8 @@ from pipeline.config import Settings
 from pipeline.ingest.scp import DicomIngestServer
 from pipeline.logs import configure_logging
 from pipeline.runtime import open_runtime
+
+log = logging.getLogger(__name__)
 
 
 class IngestWorker:
@@ -45,3 +48,36 @@ def ingest_actor_class():  # type: ignore[no-untyped-def]
     # the CPU slots that decode and render tasks are scheduled on.
     # max_restarts=-1: a crashed actor comes back and listens again.
     return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(IngestWorker)
+
+
+def start_ingest(settings: Settings) -> list[Any]:
+    """Start ``settings.ingest_actors`` actors and wait until each listens."""
+    import ray
+
+    actor_class = ingest_actor_class()
+    settings_json = settings.model_dump_json()
+    actors = [
+        actor_class.options(name=f"lightbox-ingest-{i}", scheduling_strategy="SPREAD").remote(
+            settings_json
+        )
+        for i in range(settings.ingest_actors)
+    ]
+    try:
+        ready = ray.get([a.ready.remote() for a in actors], timeout=120)
+    except ray.exceptions.RayError as exc:
+        # The actor's traceback ends with the cause, e.g. "OSError: [Errno 98]
+        # Address already in use": that line is what an administrator needs.
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        ray.shutdown()
+        raise SystemExit(
+            f"lightbox: the DICOM ingest actors could not start on port "
+            f"{settings.dicom_port}: {lines[-1].strip() if lines else exc}"
+        ) from None
+    log.info(
+        "%d ingest actors listening on DICOM port %d as %s (pids %s)",
+        len(actors),
+        settings.dicom_port,
+        settings.ae_title,
+        ",".join(str(r["pid"]) for r in ready),
+    )
+    return actors
