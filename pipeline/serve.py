@@ -8,6 +8,7 @@ work released, before any actor accepts an association or claims work.
 from __future__ import annotations
 
 import logging
+import socket
 
 from pipeline.config import Settings
 from pipeline.decode.actors import start_decode
@@ -35,6 +36,42 @@ def start_ray(settings: Settings) -> None:
             log_to_driver=True,
             configure_logging=False,
         )
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold ``port`` (bound, not listening) with SO_REUSEPORT until the actors bind it.
+
+    A bound socket keeps every other process from the port, except sockets of
+    the same user with SO_REUSEPORT: our ingest actors. Not listening, it
+    takes no connections.
+    """
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"lightbox: cannot use DICOM port {port}: {exc.strerror}") from None
+    return sock
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The HTTP API's socket, bound and listening before anything else starts."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"lightbox: cannot use HTTP port {port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def prepare_storage(settings: Settings) -> None:
@@ -70,8 +107,15 @@ def serve(settings: Settings) -> None:
     from api.main import create_app
 
     prepare_storage(settings)
+    # Take both ports before Ray starts: Ray's daemons bind dozens of ports
+    # and would otherwise be free to take ours first.
+    http_socket = listening_socket(settings.http_host, settings.http_port)
+    dicom_placeholder = reserve_port(settings.dicom_host, settings.dicom_port)
     start_ray(settings)
-    actors = start_ingest(settings)
+    try:
+        actors = start_ingest(settings)
+    finally:
+        dicom_placeholder.close()  # the actors listen on the port now
 
     # The dispatcher claims work with an index connection of its own; the
     # decode actors record outcomes with theirs.
@@ -99,7 +143,7 @@ def serve(settings: Settings) -> None:
     )
     # uvicorn installs its own signal handlers while it runs; it stops on
     # SIGINT/SIGTERM and we then stop the actors.
-    server.run()
+    server.run(sockets=[http_socket])
     dispatcher.stop()
     dispatch_thread.join(timeout=30)
     dispatch_index.close()
