@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
-from api.routes import archive, health, stow
+from api.routes import archive, health, rendered, stow
 from pipeline import __version__
 from pipeline.config import Settings, get_settings
 from pipeline.runtime import Runtime, open_runtime
@@ -69,4 +69,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(stow.router)
     app.include_router(archive.router)
+    app.include_router(rendered.router)
     return app

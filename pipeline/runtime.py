@@ -8,6 +8,8 @@ from pipeline.config import Settings
 from pipeline.index import SqlIndex, migrate
 from pipeline.ingest.service import IngestService
 from pipeline.storage.blobs import BlobStore, open_blob_store
+from pipeline.storage.pixels import PixelStore, open_pixel_store
+from pipeline.storage.renders import RenderStore, open_render_store
 
 
 @dataclass
@@ -16,16 +18,26 @@ class Runtime:
     index: SqlIndex
     blobs: BlobStore
     ingest: IngestService
+    pixels: PixelStore
+    renders: RenderStore
 
     def close(self) -> None:
         self.index.close()
 
 
 def open_runtime(settings: Settings, *, run_migrations: bool = False) -> Runtime:
-    """Open the index and blob store; ``run_migrations`` brings the schema to head first."""
+    """Open the index and the stores; ``run_migrations`` brings the schema to head first."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if run_migrations:
         migrate(settings.resolved_index_url)
     index = SqlIndex(settings.resolved_index_url)
     blobs = open_blob_store(settings.resolved_storage_url)
-    return Runtime(settings, index, blobs, IngestService.from_settings(settings, index, blobs))
+    url = settings.resolved_storage_url
+    return Runtime(
+        settings,
+        index,
+        blobs,
+        IngestService.from_settings(settings, index, blobs),
+        open_pixel_store(url),
+        open_render_store(url),
+    )

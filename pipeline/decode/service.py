@@ -16,13 +16,15 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.config import Settings
-from pipeline.decode.pixels import decode_instance
+from pipeline.decode.pixels import DecodedPixels, decode_instance
 from pipeline.errors import DecodeFailed
 from pipeline.index.protocol import Index
 from pipeline.index.records import WorkItem
 from pipeline.index.schema import PixelState
 from pipeline.storage.blobs import BlobStore
+from pipeline.render.precompute import precompute
 from pipeline.storage.pixels import PixelStore, open_pixel_store
+from pipeline.storage.renders import RenderStore, open_render_store
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +55,25 @@ class DecodeService:
     """
 
     def __init__(
-        self, index: Index, blobs: BlobStore, pixels: PixelStore, max_decoded_bytes: int
+        self,
+        index: Index,
+        blobs: BlobStore,
+        pixels: PixelStore,
+        max_decoded_bytes: int,
+        renders: RenderStore | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.pixels = pixels
         self.max_decoded_bytes = max_decoded_bytes
+        self.renders = renders
 
     @classmethod
     def from_settings(cls, settings: Settings, index: Index, blobs: BlobStore) -> DecodeService:
         """The service on the pixel store under ``settings``' storage URL."""
+        url = settings.resolved_storage_url
         return cls(
-            index, blobs, open_pixel_store(settings.resolved_storage_url), settings.max_decoded_bytes
+            index, blobs, open_pixel_store(url), settings.max_decoded_bytes, open_render_store(url)
         )
 
     def decode(self, item: WorkItem) -> DecodeOutcome:
@@ -73,6 +82,7 @@ class DecodeService:
             data = self.blobs.get(item.storage_key)
             decoded = decode_instance(data, self.max_decoded_bytes)
             self.pixels.write(item.storage_key, decoded.frames, decoded.description, decoded.luts)
+            self._precompute(item, decoded)
         except DecodeFailed as exc:
             return self._failed(item, exc.reason)
         except Exception as exc:
@@ -83,6 +93,16 @@ class DecodeService:
             return self._failed(item, f"gave up after {item.attempts} attempts: {type(exc).__name__}")
         self.index.finish_pixel_work(item.pk, item.sop_instance_uid, PixelState.READY)
         return DecodeOutcome(item.pk, PixelState.READY, frames=int(decoded.frames.shape[0]))
+
+    def _precompute(self, item: WorkItem, decoded: DecodedPixels) -> None:
+        """Default renders and thumbnails: a cache, so a failure only costs speed later."""
+        if self.renders is None:
+            return
+        try:
+            self.renders.delete(item.storage_key)
+            precompute(self.renders, item.storage_key, decoded.frames, decoded.description, decoded.luts)
+        except Exception as exc:  # rendered on demand instead
+            log.warning("precomputed renders failed key=%s (%s)", item.storage_key, type(exc).__name__)
 
     def _failed(self, item: WorkItem, reason: str) -> DecodeOutcome:
         log.warning("decode failed key=%s reason=%s", item.storage_key, reason)

@@ -1,0 +1,422 @@
+"""WADO-RS rendered resources (PS3.18 10.4) and thumbnails (PS3.18 10.7).
+
+``.../instances/{instance}/rendered`` and ``.../frames/{frames}/rendered``
+answer a consumer-ready image of one frame (the first one listed);
+``/thumbnail`` on a study, a series, an instance or frames answers a small
+one. A study's or series' thumbnail is that of a representative instance: the
+middle instance (by Instance Number) of the series, or of the study's first
+series (by Series Number).
+
+The default rendition (no ``window``, no ``viewport`` other than a
+thumbnail's own, JPEG at the default quality) is served from the renders the
+decode stage precomputed (:mod:`pipeline.render.precompute`); anything else is
+rendered on demand from the stored pixels in a worker thread. The response
+header ``X-Lightbox-Render`` says which (``precomputed`` or ``on-demand``).
+
+Query parameters (PS3.18 8.3.5.1): ``window=center,width[,function]``
+(function ``linear``, ``linear-exact`` or ``sigmoid``), ``quality`` 1..100,
+``viewport=vw,vh`` (the image is shrunk to fit, aspect kept; never enlarged).
+Media types by ``Accept``: image/jpeg (the default), image/png, image/webp.
+
+A rendition of given parameters never changes while the instance's bytes do
+not, so the ETag is a strong hash of the instance's SHA-256, its storage key,
+the frame and the normalised parameters; ``If-None-Match`` answers 304.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request, Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import RuntimeDep
+from pipeline.index.records import InstanceRow
+from pipeline.index.schema import PixelState
+from pipeline.ingest.parse import is_valid_uid
+from pipeline.render.encode import JPEG, MEDIA_TYPES, encode
+from pipeline.render.pipeline import render
+from pipeline.render.precompute import (
+    DEFAULT_QUALITY,
+    DEFAULT_VARIANT,
+    THUMBNAIL_QUALITY,
+    THUMBNAIL_SIZE,
+    THUMBNAIL_VARIANT,
+)
+from pipeline.runtime import Runtime
+
+router = APIRouter(prefix="/dicom-web", tags=["rendered"])
+
+CACHE_CONTROL = "private, max-age=3600"
+#: PS3.18 8.3.5.1.4 VOI LUT Function names in the query to PS3.3 C.11.2.1.3.
+_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
+#: Largest viewport side we accept (a shrink-only fit never needs more).
+_MAX_VIEWPORT = 65536
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """The normalised request: what is rendered, and how."""
+
+    thumbnail: bool
+    media_type: str
+    quality: int
+    window: tuple[float, float, str | None] | None
+    viewport: tuple[int, int] | None
+
+    @property
+    def variant(self) -> str | None:
+        """The precomputed variant that answers this rendition, if any."""
+        if self.media_type != JPEG or self.window is not None:
+            return None
+        if self.thumbnail:
+            default = self.viewport == (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+            return THUMBNAIL_VARIANT if default and self.quality == THUMBNAIL_QUALITY else None
+        if self.quality == DEFAULT_QUALITY and self.viewport is None:
+            return DEFAULT_VARIANT
+        return None
+
+    def etag(self, row: InstanceRow, frame: int) -> str:
+        variant = self.variant
+        params = (
+            f"variant={variant}"
+            if variant is not None
+            else f"thumb={self.thumbnail};q={self.quality};w={self.window};v={self.viewport}"
+        )
+        text = "\x1f".join((row.sha256, row.storage_key, str(frame), params, self.media_type))
+        return '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _check_uids(*uids: str) -> None:
+    for uid in uids:
+        if not is_valid_uid(uid):
+            raise HTTPException(400, "not a valid UID (PS3.5 9.1)")
+
+
+def _parse_frames(text: str) -> int:
+    """The first frame number of a PS3.18 frame list (1-based)."""
+    numbers = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise HTTPException(400, "frames is a comma-separated list of frame numbers from 1")
+        numbers.append(int(part))
+    return numbers[0]
+
+
+def _parse_window(text: str | None) -> tuple[float, float, str | None] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise HTTPException(400, "window is center,width[,function] (PS3.18 8.3.5.1.4)")
+    try:
+        centre, width = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise HTTPException(400, "window center and width are numbers") from None
+    if not (np.isfinite(centre) and np.isfinite(width)) or width <= 0:
+        raise HTTPException(400, "window width must be positive")
+    function = None
+    if len(parts) == 3:
+        function = _FUNCTIONS.get(parts[2].lower())
+        if function is None:
+            raise HTTPException(400, "window function is linear, linear-exact or sigmoid")
+    return centre, width, function
+
+
+def _parse_quality(text: str | None, default: int) -> int:
+    if text is None:
+        return default
+    if not text.strip().isdigit() or not 1 <= int(text) <= 100:
+        raise HTTPException(400, "quality is an integer 1..100 (PS3.18 8.3.5.1.3)")
+    return int(text)
+
+
+def _parse_viewport(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    # PS3.18 8.3.5.1.2 allows sx,sy,sw,sh after vw,vh; we take the size only.
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+        raise HTTPException(400, "viewport is vw,vh (PS3.18 8.3.5.1.2)")
+    vw, vh = int(parts[0]), int(parts[1])
+    if not (0 < vw <= _MAX_VIEWPORT and 0 < vh <= _MAX_VIEWPORT):
+        raise HTTPException(400, "viewport sides are positive")
+    return vw, vh
+
+
+def _negotiate(accept: str | None) -> str:
+    """The media type to answer for ``Accept`` (RFC 9110 12.5.1); 406 if none fits."""
+    if accept is None or not accept.strip():
+        return JPEG
+    offers: list[tuple[float, int, int, str]] = []
+    for item in accept.split(","):
+        fields = [f.strip() for f in item.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for param in fields[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q <= 0:
+            continue
+        if media in ("*/*", "image/*"):
+            candidates = list(MEDIA_TYPES)
+        elif media in MEDIA_TYPES:
+            candidates = [media]
+        else:
+            continue
+        # Higher q first, then an exact type before a wildcard, then our order.
+        offers += [(q, int(media == c), -MEDIA_TYPES.index(c), c) for c in candidates]
+    if not offers:
+        raise HTTPException(406, f"renders are offered as {', '.join(MEDIA_TYPES)}")
+    return max(offers)[3]
+
+
+def _rendition(request: Request, thumbnail: bool) -> Rendition:
+    query = request.query_params
+    viewport = _parse_viewport(query.get("viewport"))
+    if thumbnail and viewport is None:
+        viewport = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    return Rendition(
+        thumbnail=thumbnail,
+        media_type=_negotiate(request.headers.get("accept")),
+        quality=_parse_quality(
+            query.get("quality"), THUMBNAIL_QUALITY if thumbnail else DEFAULT_QUALITY
+        ),
+        window=_parse_window(query.get("window")),
+        viewport=viewport,
+    )
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+def _check_ready(row: InstanceRow) -> None:
+    if row.pixel_state == PixelState.READY:
+        return
+    if row.pixel_state == PixelState.PENDING:
+        raise HTTPException(503, "pixels not decoded yet", headers={"Retry-After": "1"})
+    if row.pixel_state == PixelState.FAILED:
+        raise HTTPException(422, f"pixel data cannot be decoded: {row.pixel_error or 'unknown'}")
+    raise HTTPException(404, "the instance has no pixel data")
+
+
+def _frame_count(runtime: Runtime, row: InstanceRow) -> int:
+    try:
+        return int(runtime.pixels.shape(row.storage_key)[0])
+    except FileNotFoundError:
+        raise HTTPException(503, "pixels not stored yet", headers={"Retry-After": "1"}) from None
+
+
+def _instance(runtime: Runtime, study: str, series: str, instance: str) -> tuple[InstanceRow, int]:
+    row = runtime.index.get_instance(instance)
+    if row is None or row.study_instance_uid != study or row.series_instance_uid != series:
+        raise HTTPException(404, "no such instance in this study and series")
+    _check_ready(row)
+    return row, _frame_count(runtime, row)
+
+
+def _representative(rows: list[InstanceRow]) -> InstanceRow:
+    """The middle instance by Instance Number (``rows`` are in that order)."""
+    return rows[(len(rows) - 1) // 2]
+
+
+def _series_representative(runtime: Runtime, study: str, series: str) -> tuple[InstanceRow, int]:
+    rows = [
+        r
+        for r in runtime.index.list_instances(series_instance_uid=series)
+        if r.study_instance_uid == study and r.pixel_state != PixelState.NONE
+    ]
+    if not rows:
+        raise HTTPException(404, "no such series with images in this study")
+    row = _representative(rows)
+    _check_ready(row)
+    return row, _frame_count(runtime, row)
+
+
+def _study_representative(runtime: Runtime, study: str) -> tuple[InstanceRow, int]:
+    rows = [
+        r
+        for r in runtime.index.list_instances(study_instance_uid=study)
+        if r.pixel_state != PixelState.NONE
+    ]
+    if not rows:
+        raise HTTPException(404, "no such study with images")
+    by_series: dict[str, list[InstanceRow]] = {}
+    for r in rows:
+        by_series.setdefault(r.series_instance_uid, []).append(r)
+
+    def order(uid: str) -> tuple[bool, int]:
+        found = runtime.index.get_series(uid)
+        number = found.series_number if found is not None else None
+        return number is None, number or 0
+
+    first = min(by_series, key=order)  # ties keep the order of first appearance
+    row = _representative(by_series[first])
+    _check_ready(row)
+    return row, _frame_count(runtime, row)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _one_frame_description(description: dict[str, Any], index: int) -> dict[str, Any]:
+    """``description`` with its per-frame lists cut to frame ``index``."""
+    out = dict(description)
+    for name in ("rescale_slope", "rescale_intercept", "rescale_type", "windows"):
+        values = out.get(name)
+        if isinstance(values, list) and values:
+            out[name] = values[index : index + 1] if index < len(values) else values[-1:]
+    out["number_of_frames"] = 1
+    return out
+
+
+def _fit(image: np.ndarray, viewport: tuple[int, int]) -> np.ndarray:
+    """``image`` shrunk to fit ``viewport`` (vw, vh), aspect kept, never enlarged."""
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    picture.thumbnail(viewport, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(picture)
+
+
+def render_frame(runtime: Runtime, key: str, frame: int, rendition: Rendition) -> bytes:
+    """Render frame ``frame`` (1-based) of ``key`` on demand and encode it."""
+    index = frame - 1
+    description = runtime.pixels.description(key)
+    luts: dict[str, Any] = {}
+    palette = description.get("palette")
+    if palette:
+        for name in (palette.get("luts") or {}).values():
+            try:
+                luts[name] = runtime.pixels.read_lut(key, name)
+            except FileNotFoundError:
+                pass
+    pixels = np.asarray(runtime.pixels.read_frame(key, index))[np.newaxis]
+    window = rendition.window
+    image = render(
+        pixels,
+        _one_frame_description(description, index),
+        window=(window[0], window[1]) if window is not None else None,
+        function=window[2] if window is not None else None,
+        luts=luts or None,
+    )[0]
+    image = np.asarray(image)
+    if rendition.viewport is not None:
+        image = _fit(image, rendition.viewport)
+    return encode(image, rendition.media_type, rendition.quality)
+
+
+def _if_none_match(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    # RFC 9110 13.1.2: weak comparison.
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+
+
+async def _answer(
+    request: Request,
+    runtime: Runtime,
+    found: tuple[InstanceRow, int],
+    frame: int,
+    rendition: Rendition,
+) -> Response:
+    row, count = found
+    if frame > count:
+        raise HTTPException(404, f"the instance has {count} frame(s)")
+    etag = rendition.etag(row, frame)
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept"}
+    if _if_none_match(request, etag):
+        return Response(status_code=304, headers=headers)
+    data: bytes | None = None
+    variant = rendition.variant
+    if variant is not None:
+        data = await run_in_threadpool(runtime.renders.get, row.storage_key, variant, frame)
+    if data is not None:
+        headers["X-Lightbox-Render"] = "precomputed"
+    else:
+        data = await run_in_threadpool(render_frame, runtime, row.storage_key, frame, rendition)
+        headers["X-Lightbox-Render"] = "on-demand"
+    return Response(content=data, media_type=rendition.media_type, headers=headers)
+
+
+# --------------------------------------------------------------------------- routes
+
+_INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+
+
+@router.get(_INSTANCE + "/rendered")
+async def instance_rendered(
+    study: str, series: str, instance: str, request: Request, runtime: RuntimeDep
+) -> Response:
+    """PS3.18 10.4: the first frame of an instance, rendered."""
+    _check_uids(study, series, instance)
+    rendition = _rendition(request, thumbnail=False)
+    found = await run_in_threadpool(_instance, runtime, study, series, instance)
+    return await _answer(request, runtime, found, 1, rendition)
+
+
+@router.get(_INSTANCE + "/frames/{frames}/rendered")
+async def frames_rendered(
+    study: str, series: str, instance: str, frames: str, request: Request, runtime: RuntimeDep
+) -> Response:
+    """PS3.18 10.4: the first listed frame, rendered."""
+    _check_uids(study, series, instance)
+    frame = _parse_frames(frames)
+    rendition = _rendition(request, thumbnail=False)
+    found = await run_in_threadpool(_instance, runtime, study, series, instance)
+    return await _answer(request, runtime, found, frame, rendition)
+
+
+@router.get("/studies/{study}/thumbnail")
+async def study_thumbnail(study: str, request: Request, runtime: RuntimeDep) -> Response:
+    """PS3.18 10.7: the study's representative image (first series, middle instance)."""
+    _check_uids(study)
+    rendition = _rendition(request, thumbnail=True)
+    found = await run_in_threadpool(_study_representative, runtime, study)
+    return await _answer(request, runtime, found, 1, rendition)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+async def series_thumbnail(
+    study: str, series: str, request: Request, runtime: RuntimeDep
+) -> Response:
+    """PS3.18 10.7: the series' representative image (its middle instance)."""
+    _check_uids(study, series)
+    rendition = _rendition(request, thumbnail=True)
+    found = await run_in_threadpool(_series_representative, runtime, study, series)
+    return await _answer(request, runtime, found, 1, rendition)
+
+
+@router.get(_INSTANCE + "/thumbnail")
+async def instance_thumbnail(
+    study: str, series: str, instance: str, request: Request, runtime: RuntimeDep
+) -> Response:
+    """PS3.18 10.7: the instance's first frame as a thumbnail."""
+    _check_uids(study, series, instance)
+    rendition = _rendition(request, thumbnail=True)
+    found = await run_in_threadpool(_instance, runtime, study, series, instance)
+    return await _answer(request, runtime, found, 1, rendition)
+
+
+@router.get(_INSTANCE + "/frames/{frames}/thumbnail")
+async def frames_thumbnail(
+    study: str, series: str, instance: str, frames: str, request: Request, runtime: RuntimeDep
+) -> Response:
+    """PS3.18 10.7: the first listed frame as a thumbnail."""
+    _check_uids(study, series, instance)
+    frame = _parse_frames(frames)
+    rendition = _rendition(request, thumbnail=True)
+    found = await run_in_threadpool(_instance, runtime, study, series, instance)
+    return await _answer(request, runtime, found, frame, rendition)

@@ -1,0 +1,234 @@
+"""WADO-RS rendered resources and thumbnails (PS3.18 10.4, 10.7)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import api.routes.rendered as rendered_module
+import pipeline.render.pipeline as render_pipeline
+from pipeline.decode.service import DecodeService
+from pipeline.index.records import Provenance
+from pipeline.render.encode import PNG, encode
+from pipeline.render.precompute import DEFAULT_VARIANT, THUMBNAIL_SIZE, THUMBNAIL_VARIANT
+from pipeline.runtime import Runtime
+
+CT_SERIES = "series/ct_philips_ingenuity_headphantom_54sl"
+CR_FILE = "cr_dx/Monochrome1-Jpeg.dcm"
+
+
+@dataclass
+class Stored:
+    study: str
+    series: str
+    instance: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"/dicom-web/studies/{self.study}/series/{self.series}/instances/{self.instance}"
+
+
+@pytest.fixture
+def stored(runtime: Runtime, dicom_data: Path) -> list[Stored]:
+    paths = sorted((dicom_data / CT_SERIES).iterdir())[:5] + [dicom_data / CR_FILE]
+    for path in paths:
+        runtime.ingest.store_part10(path.read_bytes(), Provenance("import"))
+    DecodeService.from_settings(runtime.settings, runtime.index, runtime.blobs).run_once(limit=100)
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        row = runtime.index.get_instance(ds.SOPInstanceUID)
+        assert row is not None and row.pixel_state.value == "ready", path
+        uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        out.append(Stored(*uids, row.storage_key))
+    return out
+
+
+def _image(data: bytes) -> Image.Image:
+    picture = Image.open(io.BytesIO(data))
+    picture.load()
+    return picture
+
+
+def _forbid_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(render_pipeline, "render", boom)
+    monkeypatch.setattr(rendered_module, "render", boom)
+
+
+def test_precompute_made_every_frame(runtime: Runtime, stored: list[Stored]) -> None:
+    for item in stored:
+        frames = runtime.pixels.shape(item.key)[0]
+        for frame in range(1, frames + 1):
+            assert runtime.renders.get(item.key, DEFAULT_VARIANT, frame)
+            assert runtime.renders.get(item.key, THUMBNAIL_VARIANT, frame)
+
+
+def test_default_rendition_is_precomputed(
+    client: TestClient, runtime: Runtime, stored: list[Stored], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ct = stored[0]
+    _forbid_render(monkeypatch)
+    for path, variant in (
+        ("/rendered", DEFAULT_VARIANT),
+        ("/frames/1/rendered", DEFAULT_VARIANT),
+        ("/thumbnail", THUMBNAIL_VARIANT),
+        ("/frames/1/thumbnail", THUMBNAIL_VARIANT),
+    ):
+        for accept in (None, "*/*", "image/jpeg", "image/*"):
+            headers = {"Accept": accept} if accept else {}
+            response = client.get(ct.url + path, headers=headers)
+            assert response.status_code == 200, (path, response.text)
+            assert response.headers["content-type"] == "image/jpeg"
+            assert response.headers["x-lightbox-render"] == "precomputed"
+            assert response.headers["cache-control"] == "private, max-age=3600"
+            assert response.content == runtime.renders.get(ct.key, variant, 1)
+    thumb = _image(client.get(ct.url + "/thumbnail").content)
+    assert max(thumb.size) <= THUMBNAIL_SIZE
+
+
+def test_window_renders_on_demand_exactly(
+    client: TestClient, runtime: Runtime, stored: list[Stored]
+) -> None:
+    ct = stored[0]
+    rows, columns = runtime.pixels.shape(ct.key)[1:3]
+    jpeg = client.get(ct.url + "/rendered", params={"window": "40,400"})
+    assert jpeg.status_code == 200
+    assert jpeg.headers["x-lightbox-render"] == "on-demand"
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    picture = _image(jpeg.content)
+    assert picture.format == "JPEG" and picture.size == (columns, rows)
+
+    png = client.get(ct.url + "/rendered?window=40,400", headers={"Accept": "image/png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.headers["x-lightbox-render"] == "on-demand"
+    frames = runtime.pixels.read_frame(ct.key, 0)[np.newaxis]
+    description = runtime.pixels.description(ct.key)
+    expected = render_pipeline.render(frames, description, window=(40, 400))[0]
+    got = np.asarray(_image(png.content))
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    # The encoder is deterministic: the same bytes as encoding the reference.
+    assert png.content == encode(np.asarray(expected), PNG)
+
+    png_only = {"Accept": "image/png"}
+    sigmoid = client.get(ct.url + "/rendered?window=40,400,sigmoid", headers=png_only)
+    expected = render_pipeline.render(frames, description, window=(40, 400), function="SIGMOID")[0]
+    np.testing.assert_array_equal(np.asarray(_image(sigmoid.content)), expected)
+
+    webp = client.get(ct.url + "/rendered?window=40,400", headers={"Accept": "image/webp"})
+    assert webp.headers["content-type"] == "image/webp" and _image(webp.content).format == "WEBP"
+
+
+def test_viewport_and_quality(client: TestClient, runtime: Runtime, stored: list[Stored]) -> None:
+    cr = stored[-1]
+    rows, columns = runtime.pixels.shape(cr.key)[1:3]
+    small = client.get(cr.url + "/rendered", params={"viewport": "100,100"})
+    assert small.status_code == 200 and small.headers["x-lightbox-render"] == "on-demand"
+    width, height = _image(small.content).size
+    assert max(width, height) == 100 and width <= 100 and height <= 100
+    assert abs(width / height - columns / rows) < 0.05
+
+    bigger_thumb = client.get(cr.url + "/thumbnail", params={"viewport": "256,256"})
+    assert bigger_thumb.headers["x-lightbox-render"] == "on-demand"
+    assert max(_image(bigger_thumb.content).size) == 256
+
+    low = client.get(cr.url + "/rendered", params={"quality": "10"})
+    high = client.get(cr.url + "/rendered", params={"quality": "100"})
+    assert low.status_code == high.status_code == 200
+    assert low.headers["x-lightbox-render"] == "on-demand"
+    assert len(low.content) < len(high.content)
+    assert _image(low.content).size == (columns, rows)
+    for bad in ("0", "101", "x"):
+        assert client.get(cr.url + "/rendered", params={"quality": bad}).status_code == 400
+    for bad in ("1", "0,10", "a,b"):
+        assert client.get(cr.url + "/rendered", params={"viewport": bad}).status_code == 400
+    for bad in ("40", "40,0", "40,400,cubic", "a,400"):
+        assert client.get(cr.url + "/rendered", params={"window": bad}).status_code == 400
+
+
+def test_etag_and_if_none_match(client: TestClient, stored: list[Stored]) -> None:
+    ct = stored[1]
+    first = client.get(ct.url + "/rendered")
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    assert client.get(ct.url + "/rendered").headers["etag"] == etag
+    again = client.get(ct.url + "/rendered", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag
+    assert client.get(ct.url + "/rendered", headers={"If-None-Match": '"other"'}).status_code == 200
+    # Other parameters, frames, media types or instances: other tags.
+    tags = {
+        etag,
+        client.get(ct.url + "/rendered?window=40,400").headers["etag"],
+        client.get(ct.url + "/rendered?quality=50").headers["etag"],
+        client.get(ct.url + "/rendered", headers={"Accept": "image/png"}).headers["etag"],
+        client.get(ct.url + "/thumbnail").headers["etag"],
+        client.get(stored[0].url + "/rendered").headers["etag"],
+    }
+    assert len(tags) == 6
+
+
+def test_errors(client: TestClient, stored: list[Stored]) -> None:
+    ct, other, cr = stored[0], stored[1], stored[-1]
+    assert client.get(ct.url.replace(ct.instance, "not-a-uid") + "/rendered").status_code == 400
+    assert client.get(ct.url.replace(ct.study, "1.2.x") + "/thumbnail").status_code == 400
+    wrong_series = ct.url.replace(ct.series, cr.series)
+    assert client.get(wrong_series + "/rendered").status_code == 404
+    unknown_study = ct.url.replace(ct.study, "1.2.3.4.5")
+    assert client.get(unknown_study + "/rendered").status_code == 404
+    unknown_instance = ct.url.replace(ct.instance, "1.2.3.4.5")
+    assert client.get(unknown_instance + "/rendered").status_code == 404
+    assert client.get(ct.url + "/rendered", headers={"Accept": "image/gif"}).status_code == 406
+    json_only = {"Accept": "application/json"}
+    assert client.get(ct.url + "/thumbnail", headers=json_only).status_code == 406
+    assert client.get(ct.url + "/frames/2/rendered").status_code == 404
+    assert client.get(ct.url + "/frames/2/thumbnail").status_code == 404
+    assert client.get(ct.url + "/frames/1,2/rendered").status_code == 200
+    for bad in ("0", "a", "1,,2", "-1"):
+        assert client.get(ct.url + f"/frames/{bad}/rendered").status_code == 400
+    assert client.get("/dicom-web/studies/1.2.3.4.5/thumbnail").status_code == 404
+    unknown_series = f"/dicom-web/studies/{ct.study}/series/1.2.3.4.5/thumbnail"
+    assert client.get(unknown_series).status_code == 404
+    assert other.study == ct.study
+
+
+def test_series_and_study_thumbnails(
+    client: TestClient, runtime: Runtime, stored: list[Stored]
+) -> None:
+    ct = stored[0]
+    series = client.get(f"/dicom-web/studies/{ct.study}/series/{ct.series}/thumbnail")
+    assert series.status_code == 200 and series.headers["content-type"] == "image/jpeg"
+    assert series.headers["x-lightbox-render"] == "precomputed"
+    rows = runtime.index.list_instances(series_instance_uid=ct.series)
+    middle = rows[(len(rows) - 1) // 2]
+    assert series.content == runtime.renders.get(middle.storage_key, THUMBNAIL_VARIANT, 1)
+    study = client.get(f"/dicom-web/studies/{ct.study}/thumbnail")
+    assert study.status_code == 200 and study.headers["content-type"] == "image/jpeg"
+    assert max(_image(study.content).size) <= THUMBNAIL_SIZE
+    cr = stored[-1]
+    assert client.get(f"/dicom-web/studies/{cr.study}/thumbnail").status_code == 200
+
+
+def test_pending_pixels_answer_503(client: TestClient, runtime: Runtime, dicom_data: Path) -> None:
+    path = sorted((dicom_data / CT_SERIES).iterdir())[5]
+    runtime.ingest.store_part10(path.read_bytes(), Provenance("import"))
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    url = (
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/rendered"
+    )
+    response = client.get(url)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "not decoded" in response.json()["detail"]
