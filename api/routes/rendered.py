@@ -47,6 +47,7 @@ from pipeline.render.precompute import (
     THUMBNAIL_SIZE,
     THUMBNAIL_VARIANT,
 )
+from pipeline.render.presets import CT_PRESETS, preset_variant
 from pipeline.runtime import Runtime
 
 router = APIRouter(prefix="/dicom-web", tags=["rendered"])
@@ -67,10 +68,16 @@ class Rendition:
     quality: int
     window: tuple[float, float, str | None] | None
     viewport: tuple[int, int] | None
+    preset: str | None = None
 
     @property
     def variant(self) -> str | None:
-        """The precomputed variant that answers this rendition, if any."""
+        """The precomputed (or cached) variant that answers this rendition, if any."""
+        if self.preset is not None:
+            plain = self.media_type == JPEG and self.quality == DEFAULT_QUALITY
+            if plain and not self.thumbnail and self.viewport is None:
+                return preset_variant(self.preset)
+            return None
         if self.media_type != JPEG or self.window is not None:
             return None
         if self.thumbnail:
@@ -188,14 +195,25 @@ def _rendition(request: Request, thumbnail: bool) -> Rendition:
     viewport = _parse_viewport(query.get("viewport"))
     if thumbnail and viewport is None:
         viewport = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    window = _parse_window(query.get("window"))
+    preset = query.get("preset")
+    if preset is not None:
+        # Our extension to PS3.18 8.3.5.1: a named CT window, cached once rendered.
+        if window is not None:
+            raise HTTPException(400, "give either window or preset, not both")
+        if preset not in CT_PRESETS:
+            raise HTTPException(400, f"unknown preset; known: {', '.join(CT_PRESETS)}")
+        center, width = CT_PRESETS[preset]
+        window = (center, width, None)
     return Rendition(
         thumbnail=thumbnail,
         media_type=_negotiate(request.headers.get("accept")),
         quality=_parse_quality(
             query.get("quality"), THUMBNAIL_QUALITY if thumbnail else DEFAULT_QUALITY
         ),
-        window=_parse_window(query.get("window")),
+        window=window,
         viewport=viewport,
+        preset=preset,
     )
 
 
@@ -348,6 +366,9 @@ async def _answer(
     else:
         data = await run_in_threadpool(render_frame, runtime, row.storage_key, frame, rendition)
         headers["X-Lightbox-Render"] = "on-demand"
+        if variant is not None and rendition.preset is not None:
+            # Presets are rendered on first request, then served from the store.
+            await run_in_threadpool(runtime.renders.put, row.storage_key, variant, frame, data)
     return Response(content=data, media_type=rendition.media_type, headers=headers)
 
 

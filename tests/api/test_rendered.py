@@ -232,3 +232,23 @@ def test_pending_pixels_answer_503(client: TestClient, runtime: Runtime, dicom_d
     response = client.get(url)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "not decoded" in response.json()["detail"]
+
+
+def test_ct_preset_is_rendered_once_then_cached(
+    client: TestClient, runtime: Runtime, stored: list[Stored], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ct = stored[0]
+    first = client.get(ct.url + "/rendered", params={"preset": "lung"})
+    assert first.status_code == 200 and first.headers["x-lightbox-render"] == "on-demand"
+    assert runtime.renders.get(ct.key, "preset-lung.jpg", 1) == first.content
+    # Same as asking for the window itself (PS3.18 window=-600,1500), as PNG exactly.
+    png = client.get(ct.url + "/rendered?preset=lung", headers={"Accept": "image/png"})
+    frames = runtime.pixels.read_frame(ct.key, 0)[np.newaxis]
+    expected = render_pipeline.render(frames, runtime.pixels.description(ct.key), window=(-600, 1500))[0]
+    np.testing.assert_array_equal(np.asarray(_image(png.content)), expected)
+    _forbid_render(monkeypatch)
+    again = client.get(ct.url + "/rendered", params={"preset": "lung"})
+    assert again.headers["x-lightbox-render"] == "precomputed" and again.content == first.content
+    assert client.get(ct.url + "/rendered", params={"preset": "nope"}).status_code == 400
+    both = client.get(ct.url + "/rendered", params={"preset": "lung", "window": "40,400"})
+    assert both.status_code == 400
