@@ -39,7 +39,7 @@ from pipeline.index.records import InstanceRow
 from pipeline.index.schema import PixelState
 from pipeline.ingest.parse import is_valid_uid
 from pipeline.render.encode import JPEG, MEDIA_TYPES, encode
-from pipeline.render.pipeline import render
+from pipeline.render.pipeline import modality_values, render
 from pipeline.render.precompute import (
     DEFAULT_QUALITY,
     DEFAULT_VARIANT,
@@ -441,3 +441,125 @@ async def frames_thumbnail(
     rendition = _rendition(request, thumbnail=True)
     found = await run_in_threadpool(_instance, runtime, study, series, instance)
     return await _answer(request, runtime, found, frame, rendition)
+
+
+# --------------------------------------------------------------------------- tiles
+
+#: Tile edge in pixels: the Zarr chunk of a large frame, so a tile reads one chunk.
+TILE = 512
+
+
+def _tile_window(
+    runtime: Runtime, key: str, index: int, description: dict[str, Any], levels: int
+) -> tuple[float, float] | None:
+    """The window every tile of a frame shares when the request names none.
+
+    The instance's own window if it has one (render() takes it); else the full
+    range of the frame, measured once on its smallest level, so that all tiles
+    of a frame have the same contrast (a per-tile full range would not).
+    """
+    windows = description.get("windows")
+    if isinstance(windows, list) and windows and windows[min(index, len(windows) - 1)]:
+        return None
+    small = np.asarray(runtime.pixels.read_frame(key, index, level=levels - 1))[np.newaxis]
+    values = modality_values(small, _one_frame_description(description, index))
+    low, high = float(values.min()), float(values.max())
+    return (low + high + 1) / 2, high - low + 1
+
+
+def render_tile(
+    runtime: Runtime,
+    key: str,
+    frame: int,
+    level: int,
+    y: int,
+    x: int,
+    size: tuple[int, int],
+    rendition: Rendition,
+) -> bytes:
+    """Render the tile at (``y``, ``x``) of ``level``; ``size`` is the level's (rows, columns)."""
+    index = frame - 1
+    description = runtime.pixels.description(key)
+    levels = _level_count(runtime, key)
+    height, width = min(TILE, size[0] - y), min(TILE, size[1] - x)  # edge tiles are smaller
+    region = np.asarray(runtime.pixels.read_region(key, index, y, x, height, width, level=level))
+    window = rendition.window
+    chosen = (window[0], window[1]) if window is not None else _tile_window(
+        runtime, key, index, description, levels
+    )
+    image = render(
+        region[np.newaxis],
+        _one_frame_description(description, index),
+        window=chosen,
+        function=window[2] if window is not None else None,
+    )[0]
+    return encode(np.asarray(image), rendition.media_type, rendition.quality)
+
+
+def _level_count(runtime: Runtime, key: str) -> int:
+    count = 1
+    while True:
+        try:
+            runtime.pixels.shape(key, count)
+        except (IndexError, KeyError, FileNotFoundError):
+            return count
+        count += 1
+
+
+@router.get(_INSTANCE + "/frames/{frames}/tiles/{level}/{tile_row}/{tile_column}")
+async def frame_tile(
+    study: str,
+    series: str,
+    instance: str,
+    frames: str,
+    level: int,
+    tile_row: int,
+    tile_column: int,
+    request: Request,
+    runtime: RuntimeDep,
+) -> Response:
+    """One 512x512 tile of a frame at a pyramid level (0: full resolution).
+
+    Our extension for large images (mammography, WSI): a viewer fetches only
+    the tiles it shows. Levels are the Zarr pyramid's (each halves the one
+    before); ``window``, ``preset``, ``quality`` and ``Accept`` work as on
+    ``rendered``. Default tiles are cached in the render store once made.
+    """
+    _check_uids(study, series, instance)
+    frame = _parse_frames(frames)
+    rendition = _rendition(request, thumbnail=False)
+    row, count = await run_in_threadpool(_instance, runtime, study, series, instance)
+    if frame > count or level < 0 or tile_row < 0 or tile_column < 0:
+        raise HTTPException(404, "no such frame or tile")
+    try:
+        shape = await run_in_threadpool(runtime.pixels.shape, row.storage_key, level)
+    except (IndexError, KeyError, FileNotFoundError):
+        raise HTTPException(404, "no such pyramid level") from None
+    rows, columns = int(shape[1]), int(shape[2])
+    y, x = tile_row * TILE, tile_column * TILE
+    if y >= rows or x >= columns:
+        raise HTTPException(404, f"the level is {columns}x{rows}: no such tile")
+    default = rendition.window is None and rendition.media_type == JPEG
+    default = default and rendition.quality == DEFAULT_QUALITY
+    variant = f"tile-{level}-{tile_row}-{tile_column}.jpg" if default else None
+    text = "\x1f".join(
+        (row.sha256, row.storage_key, str(frame), f"tile={level},{tile_row},{tile_column}",
+         f"q={rendition.quality};w={rendition.window}", rendition.media_type)
+    )  # fmt: skip
+    etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept"}
+    if _if_none_match(request, etag):
+        return Response(status_code=304, headers=headers)
+    data = None
+    if variant is not None:
+        data = await run_in_threadpool(runtime.renders.get, row.storage_key, variant, frame)
+    if data is not None:
+        headers["X-Lightbox-Render"] = "precomputed"
+    else:
+        data = await run_in_threadpool(
+            render_tile, runtime, row.storage_key, frame, level, y, x, (rows, columns), rendition
+        )
+        headers["X-Lightbox-Render"] = "on-demand"
+        if variant is not None:
+            await run_in_threadpool(runtime.renders.put, row.storage_key, variant, frame, data)
+    return Response(content=data, media_type=rendition.media_type, headers=headers)

@@ -252,3 +252,39 @@ def test_ct_preset_is_rendered_once_then_cached(
     assert client.get(ct.url + "/rendered", params={"preset": "nope"}).status_code == 400
     both = client.get(ct.url + "/rendered", params={"preset": "lung", "window": "40,400"})
     assert both.status_code == 400
+
+
+def test_tiles_of_a_large_image(
+    client: TestClient, runtime: Runtime, dicom_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = dicom_data / "mg" / "MG1_J2KI"
+    runtime.ingest.store_part10(path.read_bytes(), Provenance("import"))
+    DecodeService.from_settings(runtime.settings, runtime.index, runtime.blobs).run_once()
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    row = runtime.index.get_instance(ds.SOPInstanceUID)
+    assert row is not None
+    url = (
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/frames/1/tiles"
+    )
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    # A full tile and the last, partial one at full resolution.
+    full = client.get(f"{url}/0/0/0")
+    assert full.status_code == 200 and full.headers["x-lightbox-render"] == "on-demand"
+    assert _image(full.content).size == (512, 512)
+    last_r, last_c = (rows - 1) // 512, (columns - 1) // 512
+    edge = client.get(f"{url}/0/{last_r}/{last_c}", headers={"Accept": "image/png"})
+    assert edge.status_code == 200
+    assert _image(edge.content).size == (columns - last_c * 512, rows - last_r * 512)
+    # With the file's window, a PNG tile equals the same region of a whole-frame render.
+    frame = runtime.pixels.read_frame(row.storage_key, 0)[np.newaxis]
+    whole = render_pipeline.render(frame, runtime.pixels.description(row.storage_key))[0]
+    np.testing.assert_array_equal(np.asarray(_image(edge.content)), whole[last_r * 512 :, last_c * 512 :])
+    # A smaller level exists and is tiled too; past the end is 404.
+    assert client.get(f"{url}/1/0/0").status_code == 200
+    assert client.get(f"{url}/0/{last_r + 1}/0").status_code == 404
+    assert client.get(f"{url}/9/0/0").status_code == 404
+    # Default tiles are cached: the second time nothing is rendered.
+    _forbid_render(monkeypatch)
+    again = client.get(f"{url}/0/0/0")
+    assert again.headers["x-lightbox-render"] == "precomputed" and again.content == full.content
