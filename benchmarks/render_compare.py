@@ -17,6 +17,11 @@ slices) for ``--seconds`` against each server in turn (the order alternating),
 and prints requests/s, p50 and p99 latency, the servers' CPU ms per request
 (every process of the server's session), and Lightbox/Orthanc ratios.
 
+CPU ms per request is the servers' CPU over the measurement, less their idle
+rate (measured for ``--idle-seconds`` before; Lightbox's Ray daemons burn CPU
+when idle), over the requests completed. Orthanc's DICOMweb plugin (1.7) has
+no ``/thumbnail``: that case is Lightbox only.
+
 Before each measurement one request checks status 200, the media type and,
 for Lightbox, ``X-Lightbox-Render`` (precomputed or on-demand). Without
 ``window=``, Lightbox serves the instance's own window (precomputed, for the
@@ -189,8 +194,8 @@ def run_wrk(base: str, paths: list[str], accept: str, clients: int, seconds: flo
         raise RuntimeError(f"wrk failed ({out.returncode}):\n{text}")
     return {
         "req_per_s": float(rps.group(1)),
-        "p50_ms": _ms(lat["50"]) if "50" in lat else None,
-        "p99_ms": _ms(lat["99"]) if "99" in lat else None,
+        "p50_ms": _ms(lat["50"]) if "50" in lat and float(rps.group(1)) > 0 else None,
+        "p99_ms": _ms(lat["99"]) if "99" in lat and float(rps.group(1)) > 0 else None,
         "requests": int(total.group(1)) if total else None,
         "non_2xx": int(bad.group(1)) if bad else 0,
         "socket_errors": errors.group(1) if errors else None,
@@ -204,18 +209,19 @@ def cases(ct: list[tuple[str, str, str]], mg: tuple[str, str, str]) -> list[dict
     def rendered(u: tuple[str, str, str], suffix: str = "rendered", query: str = "") -> str:
         return f"/dicom-web/studies/{u[0]}/series/{u[1]}/instances/{u[2]}/{suffix}{query}"
 
-    w = "?window=40,400"
+    # PS3.18 8.3.5.1.4: center, width, function; Orthanc's plugin wants all three.
+    w = "?window=40,400,linear"
     return [
-        {"name": "CT jpeg window 40,400", "accept": "image/jpeg",
+        {"name": "CT jpeg window 40,400,lin", "accept": "image/jpeg",
          "paths": [rendered(u, query=w) for u in ct]},
         {"name": "CT jpeg default", "accept": "image/jpeg", "paths": [rendered(u) for u in ct]},
-        {"name": "CT png window 40,400", "accept": "image/png",
+        {"name": "CT png window 40,400,lin", "accept": "image/png",
          "paths": [rendered(u, query=w) for u in ct]},
         {"name": "CT thumbnail", "accept": "image/jpeg",
          "paths": [rendered(u, "thumbnail") for u in ct]},
         {"name": "MG jpeg default", "accept": "image/jpeg", "paths": [rendered(mg)]},
-        {"name": "MG jpeg window 2047,4095", "accept": "image/jpeg",
-         "paths": [rendered(mg, query="?window=2047,4095")]},
+        {"name": "MG jpeg window 2047,4095,l", "accept": "image/jpeg",
+         "paths": [rendered(mg, query="?window=2047,4095,linear")]},
     ]
 
 
@@ -227,6 +233,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", default="1,16", help="comma list of concurrent clients")
     p.add_argument("--ct-slices", type=int, help="CT slices stored (default 8; 4 with --quick)")
     p.add_argument("--cases", help="comma list of case-name substrings to run (default all)")
+    p.add_argument("--idle-seconds", type=float, default=2.0)
     p.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = p.parse_args(argv)
@@ -270,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"({time.perf_counter() - t:.1f} s)", flush=True)
         waited = wait_decoded(lightbox, len(files) + 1, timeout=300)
         print(f"lightbox: every instance ready {waited:.1f} s after the send", flush=True)
+        idle: dict[str, float] = {}
+        for s in servers:
+            cpu0, t0 = session_cpu(s), time.perf_counter()
+            time.sleep(args.idle_seconds)
+            idle[s.name] = (session_cpu(s) - cpu0) / (time.perf_counter() - t0)
+            print(f"idle {s.name}: {idle[s.name] * 1e3:.0f} CPU ms/s (subtracted from CPU ms/req)",
+                  flush=True)
+        result["idle_cpu_ms_per_s"] = {k: v * 1e3 for k, v in idle.items()}
         base = {s.name: f"http://127.0.0.1:{s.http_port}" for s in servers}
         selected = cases(ct_uids, mg_uids)
         if args.cases:
@@ -294,20 +309,20 @@ def main(argv: list[str] | None = None) -> int:
                 for s in order:
                     if not usable[s.name]:
                         continue
-                    cpu0 = session_cpu(s)
+                    cpu0, t0 = session_cpu(s), time.perf_counter()
                     figures = run_wrk(base[s.name], case["paths"], case["accept"], clients,
                                       args.seconds, root / "wrk.lua")
-                    cpu = session_cpu(s) - cpu0
-                    n = figures["requests"] or 1
+                    cpu = session_cpu(s) - cpu0 - idle[s.name] * (time.perf_counter() - t0)
+                    n = figures["requests"] or 0
                     figures.update(case=case["name"], server=s.name, clients=clients,
-                                   cpu_ms_per_req=cpu * 1e3 / n)
+                                   cpu_ms_per_req=cpu * 1e3 / n if n else None)
                     if figures["non_2xx"] or figures["socket_errors"]:
                         code = 1
                     result["runs"].append(figures)
                     print(f"  {case['name']:<26} c={clients:<3} {s.name:<8} "
                           f"{figures['req_per_s']:8.1f} req/s p50 {fmt(figures['p50_ms'], '.2f')} ms"
                           f" p99 {fmt(figures['p99_ms'], '.2f')} ms"
-                          f" CPU {figures['cpu_ms_per_req']:.2f} ms/req"
+                          f" CPU {fmt(figures['cpu_ms_per_req'], '.2f')} ms/req"
                           + (f" NON-2XX {figures['non_2xx']}" if figures["non_2xx"] else "")
                           + (f" SOCKET ERRORS {figures['socket_errors']}"
                              if figures["socket_errors"] else ""),
@@ -349,7 +364,7 @@ def print_table(runs: list[dict[str, Any]], probes: list[dict[str, Any]]) -> Non
     for (case, clients, server), r in by.items():
         p = kind.get((case, server), {})
         print(f"{case:<26} {clients:>7} {server:<8} {r['req_per_s']:>8.1f} "
-              f"{fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} {r['cpu_ms_per_req']:>10.2f}"
+              f"{fmt(r['p50_ms'], '8.2f')} {fmt(r['p99_ms'], '8.2f')} {fmt(r['cpu_ms_per_req'], '10.2f')}"
               f" {p.get('bytes', 0) / 1000:>7.1f}  {p.get('render') or ''}")
     print()
     print(f"{'case':<26} {'clients':>7} {'LB/OC req/s':>12} {'LB/OC p50':>10} {'LB/OC CPU':>10}")
@@ -358,8 +373,10 @@ def print_table(runs: list[dict[str, Any]], probes: list[dict[str, Any]]) -> Non
             continue
         o = by[(case, clients, "orthanc")]
         p50 = (r["p50_ms"] / o["p50_ms"]) if r["p50_ms"] and o["p50_ms"] else None
-        cpu = (r["cpu_ms_per_req"] / o["cpu_ms_per_req"]) if o["cpu_ms_per_req"] else None
-        print(f"{case:<26} {clients:>7} {r['req_per_s'] / o['req_per_s']:>12.2f}"
+        cpu = (r["cpu_ms_per_req"] / o["cpu_ms_per_req"]
+               if r["cpu_ms_per_req"] and o["cpu_ms_per_req"] else None)
+        rps = r["req_per_s"] / o["req_per_s"] if o["req_per_s"] else None
+        print(f"{case:<26} {clients:>7} {fmt(rps, '12.2f')}"
               f" {fmt(p50, '10.2f')} {fmt(cpu, '10.2f')}")
 
 

@@ -174,6 +174,64 @@ def decode(
 
 
 @app.command()
+def rerender(
+    data_dir: DataDir = None,
+    study: Annotated[str | None, typer.Option(help="Study Instance UID.")] = None,
+    series: Annotated[str | None, typer.Option(help="Series Instance UID.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Modality, e.g. CT.")] = None,
+    since: Annotated[str | None, typer.Option(help="Study date from, YYYYMMDD.")] = None,
+    until: Annotated[str | None, typer.Option(help="Study date to, YYYYMMDD.")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="CENTER,WIDTH[,linear|linear-exact|sigmoid].")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="A named CT window, e.g. lung.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jpeg, png or webp.")] = "jpeg",
+    quality: Annotated[int, typer.Option(min=1, max=100)] = 90,
+    local: Annotated[bool, typer.Option("--local", help="Render here, without Ray.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Render a selection of decoded instances with one window into the render store.
+
+    Runs as Ray tasks (an embedded Ray, or LIGHTBOX_RAY_ADDRESS's cluster);
+    resumable: instances already rendered the same way are skipped.
+    """
+    from tqdm import tqdm
+
+    from pipeline.render.batch import render_spec, run_batch
+    from pipeline.runtime import open_runtime
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        spec = render_spec(window, preset, fmt, quality)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    runtime = open_runtime(settings, run_migrations=True)
+    try:
+        selected = runtime.index.select_instances(
+            study_instance_uid=study,
+            series_instance_uid=series,
+            modality=modality,
+            study_date_from=since,
+            study_date_to=until,
+        )
+    finally:
+        runtime.close()
+    if not local:
+        from pipeline.serve import start_ray
+
+        start_ray(settings)
+    with tqdm(total=len(selected), unit="instance", disable=quiet, file=sys.stderr) as bar:
+        summary = run_batch(settings, selected, spec, use_ray=not local, on_progress=bar.update)
+    typer.echo(
+        f"rendered {summary.rendered} instances ({summary.frames} frames) as {spec.variant}; "
+        f"{summary.skipped} already done; {len(summary.failures)} failed"
+    )
+    for uid, reason in summary.failures:
+        typer.echo(f"  FAILED {uid}: {reason}")
+    raise typer.Exit(1 if summary.failures else 0)
+
+
+@app.command()
 def migrate(data_dir: DataDir = None) -> None:
     """Bring the index schema to the latest version (``serve`` does it too)."""
     from pipeline.index import migrate as run

@@ -48,6 +48,7 @@ from pipeline.render.precompute import (
     THUMBNAIL_VARIANT,
 )
 from pipeline.render.presets import CT_PRESETS, preset_variant
+from pipeline.render.source import frame_description, palette_luts
 from pipeline.runtime import Runtime
 
 router = APIRouter(prefix="/dicom-web", tags=["rendered"])
@@ -289,17 +290,6 @@ def _study_representative(runtime: Runtime, study: str) -> tuple[InstanceRow, in
 # --------------------------------------------------------------------------- rendering
 
 
-def _one_frame_description(description: dict[str, Any], index: int) -> dict[str, Any]:
-    """``description`` with its per-frame lists cut to frame ``index``."""
-    out = dict(description)
-    for name in ("rescale_slope", "rescale_intercept", "rescale_type", "windows"):
-        values = out.get(name)
-        if isinstance(values, list) and values:
-            out[name] = values[index : index + 1] if index < len(values) else values[-1:]
-    out["number_of_frames"] = 1
-    return out
-
-
 def _fit(image: np.ndarray, viewport: tuple[int, int]) -> np.ndarray:
     """``image`` shrunk to fit ``viewport`` (vw, vh), aspect kept, never enlarged."""
     picture = Image.fromarray(np.ascontiguousarray(image))
@@ -311,19 +301,12 @@ def render_frame(runtime: Runtime, key: str, frame: int, rendition: Rendition) -
     """Render frame ``frame`` (1-based) of ``key`` on demand and encode it."""
     index = frame - 1
     description = runtime.pixels.description(key)
-    luts: dict[str, Any] = {}
-    palette = description.get("palette")
-    if palette:
-        for name in (palette.get("luts") or {}).values():
-            try:
-                luts[name] = runtime.pixels.read_lut(key, name)
-            except FileNotFoundError:
-                pass
+    luts = palette_luts(runtime.pixels, key, description)
     pixels = np.asarray(runtime.pixels.read_frame(key, index))[np.newaxis]
     window = rendition.window
     image = render(
         pixels,
-        _one_frame_description(description, index),
+        frame_description(description, index),
         window=(window[0], window[1]) if window is not None else None,
         function=window[2] if window is not None else None,
         luts=luts or None,
@@ -462,7 +445,7 @@ def _tile_window(
     if isinstance(windows, list) and windows and windows[min(index, len(windows) - 1)]:
         return None
     small = np.asarray(runtime.pixels.read_frame(key, index, level=levels - 1))[np.newaxis]
-    values = modality_values(small, _one_frame_description(description, index))
+    values = modality_values(small, frame_description(description, index))
     low, high = float(values.min()), float(values.max())
     return (low + high + 1) / 2, high - low + 1
 
@@ -489,7 +472,7 @@ def render_tile(
     )
     image = render(
         region[np.newaxis],
-        _one_frame_description(description, index),
+        frame_description(description, index),
         window=chosen,
         function=window[2] if window is not None else None,
     )[0]

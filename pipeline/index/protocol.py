@@ -88,4 +88,16 @@ class Index(Protocol):
     def release_claims(self) -> int:
         """Make every claimed work item pending again (a lone server restarting)."""
 
+    def select_instances(
+        self,
+        *,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        modality: str | None = None,
+        study_date_from: str | None = None,
+        study_date_to: str | None = None,
+        pixel_state: PixelState | None = PixelState.READY,
+    ) -> list[tuple[str, str, int]]:
+        """(SOP Instance UID, storage key, frames) of the instances a batch job selects."""
+
     def close(self) -> None: ...

@@ -742,3 +742,37 @@ class SqlIndex:
                 .values(state=WorkState.PENDING, claimed_until=None, updated_at=_now())
             )
         return int(result.rowcount or 0)
+
+    def select_instances(
+        self,
+        *,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        modality: str | None = None,
+        study_date_from: str | None = None,
+        study_date_to: str | None = None,
+        pixel_state: PixelState | None = PixelState.READY,
+    ) -> list[tuple[str, str, int]]:
+        """(SOP Instance UID, storage key, frames) of the instances a batch job selects."""
+        query = (
+            select(
+                instances.c.sop_instance_uid, instances.c.storage_key, instances.c.number_of_frames
+            )
+            .join(series, instances.c.series_pk == series.c.pk)
+            .join(studies, series.c.study_pk == studies.c.pk)
+        )
+        if study_instance_uid is not None:
+            query = query.where(studies.c.study_instance_uid == study_instance_uid)
+        if series_instance_uid is not None:
+            query = query.where(series.c.series_instance_uid == series_instance_uid)
+        if modality is not None:
+            query = query.where(series.c.modality == modality)
+        if study_date_from:
+            query = query.where(studies.c.study_date >= study_date_from)
+        if study_date_to:
+            query = query.where(studies.c.study_date <= study_date_to)
+        if pixel_state is not None:
+            query = query.where(instances.c.pixel_state == pixel_state)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(instances.c.pk)).all()
+        return [(uid, key, int(frames or 1)) for uid, key, frames in rows]
