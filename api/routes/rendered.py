@@ -232,6 +232,10 @@ def _check_ready(row: InstanceRow) -> None:
 
 
 def _frame_count(runtime: Runtime, row: InstanceRow) -> int:
+    # The index knows Number of Frames; opening the Zarr array to ask costs
+    # more than answering a precomputed render.
+    if row.number_of_frames:
+        return int(row.number_of_frames)
     try:
         return int(runtime.pixels.shape(row.storage_key)[0])
     except FileNotFoundError:
