@@ -26,6 +26,7 @@ the frame and the normalised parameters; ``If-None-Match`` answers 304.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -340,23 +341,50 @@ async def _answer(
     row, count = found
     if frame > count:
         raise HTTPException(404, f"the instance has {count} frame(s)")
-    etag = rendition.etag(row, frame)
+    return await _serve(
+        request,
+        runtime,
+        row.storage_key,
+        frame,
+        rendition.media_type,
+        rendition.etag(row, frame),
+        rendition.variant,
+        # Presets are rendered on first request, then served from the store.
+        cache=rendition.preset is not None,
+        produce=lambda: render_frame(runtime, row.storage_key, frame, rendition),
+    )
+
+
+async def _serve(
+    request: Request,
+    runtime: Runtime,
+    key: str,
+    frame: int,
+    media_type: str,
+    etag: str,
+    variant: str | None,
+    *,
+    cache: bool,
+    produce: Callable[[], bytes],
+) -> Response:
+    """Answer from the render store's ``variant`` when it is there, else ``produce()``.
+
+    ``cache``: store what was produced under ``variant`` for the next request.
+    """
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept"}
     if _if_none_match(request, etag):
         return Response(status_code=304, headers=headers)
     data: bytes | None = None
-    variant = rendition.variant
     if variant is not None:
-        data = await run_in_threadpool(runtime.renders.get, row.storage_key, variant, frame)
+        data = await run_in_threadpool(runtime.renders.get, key, variant, frame)
     if data is not None:
         headers["X-Lightbox-Render"] = "precomputed"
     else:
-        data = await run_in_threadpool(render_frame, runtime, row.storage_key, frame, rendition)
+        data = await run_in_threadpool(produce)
         headers["X-Lightbox-Render"] = "on-demand"
-        if variant is not None and rendition.preset is not None:
-            # Presets are rendered on first request, then served from the store.
-            await run_in_threadpool(runtime.renders.put, row.storage_key, variant, frame, data)
-    return Response(content=data, media_type=rendition.media_type, headers=headers)
+        if cache and variant is not None:
+            await run_in_threadpool(runtime.renders.put, key, variant, frame, data)
+    return Response(content=data, media_type=media_type, headers=headers)
 
 
 # --------------------------------------------------------------------------- routes
@@ -437,7 +465,7 @@ TILE = 512
 
 
 def _tile_window(
-    runtime: Runtime, key: str, index: int, description: dict[str, Any], levels: int
+    runtime: Runtime, key: str, index: int, description: dict[str, Any]
 ) -> tuple[float, float] | None:
     """The window every tile of a frame shares when the request names none.
 
@@ -448,7 +476,8 @@ def _tile_window(
     windows = description.get("windows")
     if isinstance(windows, list) and windows and windows[min(index, len(windows) - 1)]:
         return None
-    small = np.asarray(runtime.pixels.read_frame(key, index, level=levels - 1))[np.newaxis]
+    smallest = _level_count(runtime, key) - 1
+    small = np.asarray(runtime.pixels.read_frame(key, index, level=smallest))[np.newaxis]
     values = modality_values(small, frame_description(description, index))
     low, high = float(values.min()), float(values.max())
     return (low + high + 1) / 2, high - low + 1
@@ -467,12 +496,13 @@ def render_tile(
     """Render the tile at (``y``, ``x``) of ``level``; ``size`` is the level's (rows, columns)."""
     index = frame - 1
     description = runtime.pixels.description(key)
-    levels = _level_count(runtime, key)
     height, width = min(TILE, size[0] - y), min(TILE, size[1] - x)  # edge tiles are smaller
     region = np.asarray(runtime.pixels.read_region(key, index, y, x, height, width, level=level))
     window = rendition.window
-    chosen = (window[0], window[1]) if window is not None else _tile_window(
-        runtime, key, index, description, levels
+    chosen = (
+        (window[0], window[1])
+        if window is not None
+        else _tile_window(runtime, key, index, description)
     )
     image = render(
         region[np.newaxis],
@@ -534,19 +564,16 @@ async def frame_tile(
          f"q={rendition.quality};w={rendition.window}", rendition.media_type)
     )  # fmt: skip
     etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept"}
-    if _if_none_match(request, etag):
-        return Response(status_code=304, headers=headers)
-    data = None
-    if variant is not None:
-        data = await run_in_threadpool(runtime.renders.get, row.storage_key, variant, frame)
-    if data is not None:
-        headers["X-Lightbox-Render"] = "precomputed"
-    else:
-        data = await run_in_threadpool(
-            render_tile, runtime, row.storage_key, frame, level, y, x, (rows, columns), rendition
-        )
-        headers["X-Lightbox-Render"] = "on-demand"
-        if variant is not None:
-            await run_in_threadpool(runtime.renders.put, row.storage_key, variant, frame, data)
-    return Response(content=data, media_type=rendition.media_type, headers=headers)
+    return await _serve(
+        request,
+        runtime,
+        row.storage_key,
+        frame,
+        rendition.media_type,
+        etag,
+        variant,
+        cache=True,
+        produce=lambda: render_tile(
+            runtime, row.storage_key, frame, level, y, x, (rows, columns), rendition
+        ),
+    )
