@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -88,11 +88,48 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest decoded pixel array accepted (a decompression bomb guard).",
     )
-    http_host: str = Field(
-        "127.0.0.1",
-        description="Address the HTTP API listens on; loopback until authentication exists.",
+    max_sequence_depth: int = Field(
+        16, ge=1, le=64, description="Deepest nesting of sequences accepted in a dataset."
     )
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(8080, ge=0, le=65535)
+    # -- security: transport ------------------------------------------------
+    http_tls_cert: Path | None = Field(None, description="PEM certificate (chain): HTTPS.")
+    http_tls_key: Path | None = Field(None, description="PEM private key of http_tls_cert.")
+    dicom_tls_cert: Path | None = Field(
+        None, description="PEM certificate: the DICOM port speaks TLS only (PS3.15 B.1)."
+    )
+    dicom_tls_key: Path | None = Field(None, description="PEM private key of dicom_tls_cert.")
+    dicom_tls_ca: Path | None = Field(
+        None, description="PEM CA bundle: DICOM peers must present a certificate it signed."
+    )
+    max_associations_per_peer: int = Field(
+        16, ge=1, description="Concurrent DICOM associations from one network address."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed cross-origin (CORS)."
+    )
+    # -- security: accounts and credentials ----------------------------------
+    session_minutes: int = Field(480, ge=1, description="Life of a web login session.")
+    token_minutes: int = Field(60, ge=1, description="Life of an OAuth2 bearer token.")
+    login_max_failures: int = Field(
+        5, ge=1, description="Failed logins in a row before the account is locked for a while."
+    )
+    login_lockout_seconds: int = Field(300, ge=1, description="How long a lock lasts.")
+    credential_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a checked credential is trusted without the database."
+    )
+    referring_own_studies_only: bool = Field(
+        True,
+        description="Referring physicians read only studies naming them as referring physician.",
+    )
+    # -- security: audit trail ------------------------------------------------
+    audit_syslog_url: str | None = Field(
+        None, description="IHE ATNA audit repository: udp://, tcp:// or tls://host:port."
+    )
+    audit_source_id: str = Field(
+        "", description="Audit Source ID of our ATNA messages; default: the AE title."
+    )
     ray_address: str | None = Field(
         None, description="Ray cluster address; empty starts an embedded local Ray."
     )
@@ -106,6 +143,15 @@ class Settings(BaseSettings):
         if not value or len(value) > 16 or "\\" in value or not value.isprintable():
             raise ValueError("an AE title is 1 to 16 printable characters without '\\'")
         return value
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> Settings:
+        for cert, key in (("http_tls_cert", "http_tls_key"), ("dicom_tls_cert", "dicom_tls_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} are set together")
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("dicom_tls_ca needs dicom_tls_cert and dicom_tls_key")
+        return self
 
     @property
     def resolved_storage_url(self) -> str:

@@ -13,6 +13,7 @@ import enum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Enum,
@@ -158,4 +159,76 @@ work_items = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index(None, "stage", "state"),
     Index(None, "instance_pk"),
+)
+
+# -- security: accounts, credentials and the audit trail ---------------------
+# They share the index's database so that one backup and one migration history
+# cover everything; they are reached through their own services
+# (pipeline.security), never through the Index protocol.
+
+users = Table(
+    "users",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    # Stored lower-case: user names compare case-insensitively.
+    Column("username", String(64), nullable=False, unique=True),
+    Column("display_name", String, nullable=False, default=""),
+    Column("role", String(32), nullable=False),
+    # argon2id (PHC string); NULL for an account that signs in only with API keys.
+    Column("password_hash", String, nullable=True),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("must_change_password", Boolean, nullable=False, default=False),
+    # For a referring physician: the Referring Physician's Name (PN, as the
+    # studies carry it) whose studies the account may read when the
+    # ``referring_own_studies_only`` setting is on.
+    Column("referring_physician_name", String, nullable=False, default=""),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+auth_tokens = Table(
+    "auth_tokens",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    # A credential is "<token_id>.<secret>": the id finds the row, the secret
+    # is kept only as its SHA-256 (it has 256 bits of entropy: no slow hash needed).
+    Column("token_id", String(32), nullable=False, unique=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("user_pk", ForeignKey("users.pk", ondelete="CASCADE"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # session | bearer | apikey
+    Column("name", String, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    # When the (first of the coalesced) event(s) happened, and the last one.
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("last_time", DateTime(timezone=True), nullable=False),
+    Column("count", Integer, nullable=False, default=1),
+    # DICOM PS3.15 A.5.3 / PS3.16 CID 400 EventID code (e.g. "110104") and,
+    # where the event has one, its EventTypeCode (CID 401, e.g. "110122" Login).
+    Column("event_id", String(16), nullable=False),
+    Column("event_type_code", String(16), nullable=False, default=""),
+    # RFC 3881 EventActionCode C, R, U, D, E and EventOutcomeIndicator 0/4/8/12.
+    Column("action", String(1), nullable=False),
+    Column("outcome", Integer, nullable=False, default=0),
+    Column("actor_kind", String(8), nullable=False),  # user | ae | system
+    Column("actor", String, nullable=False, default=""),
+    Column("role", String(32), nullable=False, default=""),
+    Column("source_address", String, nullable=False, default=""),
+    Column("destination", String, nullable=False, default=""),
+    Column("patient_id", String, nullable=False, default=""),
+    Column("study_instance_uid", String(64), nullable=False, default=""),
+    Column("detail", Text, nullable=False, default=""),
+    Index(None, "event_time"),
+    Index(None, "patient_id"),
+    Index(None, "actor"),
+    Index(None, "study_instance_uid"),
 )

@@ -14,7 +14,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -150,6 +150,16 @@ class SqlIndex:
         self._thread_lock = threading.Lock()
 
     # -- transactions -------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, for the services that keep their own tables in this database
+        (accounts, the audit trail); they write with :meth:`write_transaction`."""
+        return self._engine
+
+    def write_transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction taking the same writer turn as the index's own writes."""
+        return self._write()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
