@@ -28,7 +28,11 @@ async def _lightbox_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LightboxError)
     log.info("%s %s -> %d %s: %s", request.method, _route(request), exc.http_status,
              type(exc).__name__, exc.reason)  # fmt: skip
-    return JSONResponse({"detail": exc.reason}, status_code=exc.http_status)
+    headers = None
+    if exc.http_status == 401:
+        # RFC 6750 3: a 401 names the scheme the client should use.
+        headers = {"WWW-Authenticate": 'Bearer realm="lightbox"'}
+    return JSONResponse({"detail": exc.reason}, status_code=exc.http_status, headers=headers)
 
 
 async def _multipart_error(request: Request, exc: Exception) -> JSONResponse:

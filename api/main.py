@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from api.access import StudyFactsCache
+from api.auth import current_principal
 from api.errors import install_error_handlers
-from api.routes import archive, health, rendered, stow
+from api.headers import SecurityHeaders
+from api.routes import archive, auth, health, rendered, stow, users
 from pipeline import __version__
 from pipeline.config import Settings, get_settings
 from pipeline.runtime import Runtime, open_runtime
@@ -60,14 +66,46 @@ def create_app(
                 app.state.runtime = None
                 await run_in_threadpool(owned.close)
 
-    app = FastAPI(title="Lightbox", version=__version__, lifespan=lifespan)
+    # FastAPI's own /docs and /openapi.json would be public: the schema is
+    # served below to authenticated users only.
+    app = FastAPI(
+        title="Lightbox",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.settings = resolved
     app.state.runtime = runtime
+    app.state.study_facts = StudyFactsCache()
     # A request holds at least one dataset: never refuse what one part may be.
     app.state.max_request_bytes = max(resolved.max_request_bytes, resolved.max_dataset_bytes)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(users.router)
     app.include_router(stow.router)
     app.include_router(archive.router)
     app.include_router(rendered.router)
+
+    @app.get("/api/openapi.json", tags=["meta"], dependencies=[Depends(current_principal)])
+    async def openapi_schema() -> dict[str, Any]:
+        """The OpenAPI schema of this API (any signed-in account)."""
+        return app.openapi()
+
+    app.add_middleware(SecurityHeaders)
+    if resolved.cors_origins:
+        # Credentials (cookies, Authorization) cross origins only to listed
+        # origins; "*" would let any site read patient data with them.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=resolved.cors_origins,
+            allow_credentials="*" not in resolved.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-API-Key",
+                           "X-CSRF-Token", "If-None-Match"],  # fmt: skip
+            expose_headers=["ETag", "Content-Location", "Location", "Warning"],
+            max_age=600,
+        )
     return app

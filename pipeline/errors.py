@@ -97,6 +97,38 @@ class MissingDecoder(DecodeFailed):
     failure_reason = 0x0110
 
 
+class InvalidRequest(LightboxError):
+    """A request's parameters are malformed or break a rule (a weak password, a bad name)."""
+
+    dimse_status = 0xA900
+    http_status = 400
+    failure_reason = 0x0110
+
+
+class AlreadyExists(LightboxError):
+    """The thing to create exists already (a user name, a device)."""
+
+    dimse_status = 0xA900
+    http_status = 409
+    failure_reason = 0x0110
+
+
+class NotAuthenticated(LightboxError):
+    """No valid credential (HTTP 401). DIMSE 0124H: Refused, not authorized (PS3.7 C.5)."""
+
+    dimse_status = 0x0124
+    http_status = 401
+    failure_reason = 0x0110
+
+
+class Forbidden(LightboxError):
+    """A valid credential whose role does not allow the call (HTTP 403, DIMSE 0124H)."""
+
+    dimse_status = 0x0124
+    http_status = 403
+    failure_reason = 0x0110
+
+
 #: The table, for documentation and tests: error class -> (DIMSE, HTTP).
 ERROR_TABLE: dict[type[LightboxError], tuple[int, int]] = {
     cls: (cls.dimse_status, cls.http_status)
@@ -110,5 +142,9 @@ ERROR_TABLE: dict[type[LightboxError], tuple[int, int]] = {
         NotFound,
         DecodeFailed,
         MissingDecoder,
+        InvalidRequest,
+        AlreadyExists,
+        NotAuthenticated,
+        Forbidden,
     )
 }

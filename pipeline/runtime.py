@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pipeline.config import Settings
 from pipeline.index import SqlIndex, migrate
 from pipeline.ingest.service import IngestService
+from pipeline.security.accounts import AccountService
 from pipeline.security.audit import AuditTrail
 from pipeline.storage.blobs import BlobStore, open_blob_store
 from pipeline.storage.pixels import PixelStore, open_pixel_store
@@ -22,6 +23,7 @@ class Runtime:
     pixels: PixelStore
     renders: RenderStore
     audit: AuditTrail
+    accounts: AccountService
 
     def close(self) -> None:
         self.audit.close()
@@ -44,4 +46,5 @@ def open_runtime(settings: Settings, *, run_migrations: bool = False) -> Runtime
         open_pixel_store(url),
         open_render_store(url),
         AuditTrail.from_settings(settings, index),
+        AccountService(index, settings),
     )

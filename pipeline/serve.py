@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 
 from pipeline.config import Settings
 from pipeline.decode.actors import start_decode
@@ -104,6 +105,35 @@ def prepare_storage(settings: Settings) -> None:
             log.warning("resuming %d pipeline work items interrupted by a stop", released)
 
 
+def ensure_first_administrator(settings: Settings) -> None:
+    """On first start (no account at all), create ``admin`` and print its one-time password.
+
+    Printed on the console, never logged: log files are kept and shipped, and
+    must not hold a credential. The password must be changed at first login.
+    """
+    from pipeline.security.accounts import AccountService
+
+    index = SqlIndex(settings.resolved_index_url)
+    try:
+        created = AccountService(index, settings).ensure_first_administrator()
+    finally:
+        index.close()
+    if created is None:
+        return
+    username, password = created
+    log.warning("first start: created the administrator account %r", username)
+    print(
+        "\n  First start: the administrator account was created.\n"
+        f"    user name:          {username}\n"
+        f"    one-time password:  {password}\n"
+        "  Log in (POST /api/auth/login or /api/auth/token) and change it\n"
+        "  (POST /api/auth/password) before anything else. It is shown only once;\n"
+        "  `lightbox user passwd admin` sets a new one-time password.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: Ray ingest and decode actors, HTTP in this process."""
     import ray
@@ -112,6 +142,7 @@ def serve(settings: Settings) -> None:
     from api.main import create_app
 
     prepare_storage(settings)
+    ensure_first_administrator(settings)
     # Take both ports before Ray starts: Ray's daemons bind dozens of ports
     # and would otherwise be free to take ours first.
     http_socket = listening_socket(settings.http_host, settings.http_port)
@@ -135,13 +166,19 @@ def serve(settings: Settings) -> None:
             port=settings.http_port,
             log_level=settings.log_level.lower(),
             access_log=False,
+            # HTTPS when a certificate is configured; uvicorn wraps the
+            # pre-bound socket's connections.
+            ssl_certfile=str(settings.http_tls_cert) if settings.http_tls_cert else None,
+            ssl_keyfile=str(settings.http_tls_key) if settings.http_tls_key else None,
         )
     )
     log.info(
-        "Lightbox ready: DICOM %s@%s:%d, HTTP http://%s:%d, data %s",
+        "Lightbox ready: DICOM %s@%s:%d%s, HTTP %s://%s:%d, data %s",
         settings.ae_title,
         settings.dicom_host,
         settings.dicom_port,
+        " (TLS)" if settings.dicom_tls_cert else "",
+        "https" if settings.http_tls_cert else "http",
         settings.http_host,
         settings.http_port,
         settings.data_dir,

@@ -16,6 +16,8 @@ import pytest
 from pipeline.config import Settings, get_settings
 from pipeline.runtime import Runtime, open_runtime
 
+pytest_plugins = ["tests.phi_scan"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

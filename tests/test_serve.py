@@ -179,8 +179,26 @@ def test_serve_spreads_associations_over_actors(server: Server, dicom_data: Path
         assert runtime.index.counts().work["decode"] == {"done": len(files)}
     finally:
         runtime.close()
-    # The HTTP side of the same server answers too.
+    # The HTTP side of the same server answers too, to authenticated callers only.
     assert server.health()
+    base = f"http://127.0.0.1:{server.http_port}"
+    assert httpx.get(f"{base}/api/status").status_code == 401
+    # First start: an administrator with a one-time password printed on the console.
+    match = re.search(r"user name:\s+(\S+)\n\s+one-time password:\s+(\S+)", server.log_text())
+    assert match, server.log_text()
+    form = {"grant_type": "password", "username": match[1], "password": match[2]}
+    token = httpx.post(f"{base}/api/auth/token", data=form).json()
+    assert token["must_change_password"] is True
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    assert httpx.get(f"{base}/api/status", headers=headers).status_code == 403
+    change = {"current_password": match[2], "new_password": "a strong new one"}
+    assert httpx.post(f"{base}/api/auth/password", json=change, headers=headers).status_code == 204
+    form["password"] = "a strong new one"
+    headers = {"Authorization": f"Bearer {httpx.post(f'{base}/api/auth/token', data=form).json()['access_token']}"}
+    status = httpx.get(f"{base}/api/status", headers=headers)
+    assert status.status_code == 200 and status.json()["instances"] == len(files)
+    # The password is on the console once; the log files never carry it.
+    assert match[2] not in "".join(p.read_text(errors="replace") for p in server.data_dir.rglob("*.log"))
 
 
 def test_crash_during_storescu_loses_nothing_acknowledged(

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from api.access import study_access
+from api.auth import require
 from api.deps import RuntimeDep
 from pipeline.index.records import InstanceRow
 from pipeline.index.schema import PixelState
@@ -51,8 +53,13 @@ from pipeline.render.precompute import (
 from pipeline.render.presets import CT_PRESETS, preset_variant
 from pipeline.render.source import frame_description, palette_luts
 from pipeline.runtime import Runtime
+from pipeline.security.roles import Permission
 
-router = APIRouter(prefix="/dicom-web", tags=["rendered"])
+router = APIRouter(
+    prefix="/dicom-web",
+    tags=["rendered"],
+    dependencies=[Depends(require(Permission.READ_IMAGES)), Depends(study_access)],
+)
 
 CACHE_CONTROL = "private, max-age=3600"
 #: PS3.18 8.3.5.1.4 VOI LUT Function names in the query to PS3.3 C.11.2.1.3.

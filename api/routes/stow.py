@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import audit_user_event, require
 from api.body import read_body
 from api.deps import RuntimeDep
 from api.dicom_json import DicomJsonResponse
@@ -30,31 +31,41 @@ from api.stow import (
 )
 from pipeline.ingest.parse import is_valid_uid
 from pipeline.runtime import Runtime
+from pipeline.security.accounts import Principal
+from pipeline.security.audit import Action, EventID, Outcome
+from pipeline.security.roles import Permission
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/dicom-web"
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
+_STORE = Depends(require(Permission.STORE_IMAGES))
 
 #: Response media types a client may accept (PS3.18 10.5.2; XML is not offered).
 _ACCEPTABLE = {"*/*", "application/*", "application/dicom+json", "application/json"}
 
 
 @router.post("/studies")
-async def store_instances(request: Request, runtime: RuntimeDep) -> Response:
+async def store_instances(
+    request: Request, runtime: RuntimeDep, principal: Principal = _STORE
+) -> Response:
     """Store the instances of any studies (PS3.18 10.5, target ``/studies``)."""
-    return await _store(request, runtime, None)
+    return await _store(request, runtime, principal, None)
 
 
 @router.post("/studies/{study}")
-async def store_study_instances(study: str, request: Request, runtime: RuntimeDep) -> Response:
+async def store_study_instances(
+    study: str, request: Request, runtime: RuntimeDep, principal: Principal = _STORE
+) -> Response:
     """Store instances of one study (target ``/studies/{study}``); others fail with A900."""
     if not is_valid_uid(study):
         raise HTTPException(400, "the study in the URL is not a valid UID (PS3.5 9.1)")
-    return await _store(request, runtime, study)
+    return await _store(request, runtime, principal, study)
 
 
-async def _store(request: Request, runtime: Runtime, study: str | None) -> Response:
+async def _store(
+    request: Request, runtime: Runtime, principal: Principal, study: str | None
+) -> Response:
     _check_accept(request.headers.get("accept"))
     boundary, root_type = _multipart_params(request.headers.get("content-type"))
     spool_dir = runtime.settings.data_dir / "spool"
@@ -72,6 +83,19 @@ async def _store(request: Request, runtime: Runtime, study: str | None) -> Respo
     for line in warning_lines(outcomes, service_url):
         response.headers.append("Warning", line)
     stored = sum(1 for o in outcomes if o.result is not None)
+    for study_uid, patient_id, count, failed in await run_in_threadpool(
+        _stored_studies, runtime, outcomes
+    ):
+        audit_user_event(
+            request,
+            principal,
+            EventID.INSTANCES_TRANSFERRED,
+            Action.CREATE,
+            outcome=Outcome.SUCCESS if not failed else Outcome.MINOR_FAILURE,
+            patient_id=patient_id,
+            study_instance_uid=study_uid,
+            detail={"instances": count, "failed": failed},
+        )
     log.info("stow: %d parts, %d stored, %d failed -> %d", len(outcomes), stored,
              len(outcomes) - stored, status)  # fmt: skip
     return response
@@ -82,6 +106,24 @@ def _parse_and_store(
 ) -> list[PartOutcome]:
     parts = parse_multipart(buffer, boundary, max_part_bytes=runtime.settings.max_dataset_bytes)
     return store_parts(runtime.ingest, buffer, parts, root_type=root_type, study_instance_uid=study)
+
+
+def _stored_studies(
+    runtime: Runtime, outcomes: list[PartOutcome]
+) -> list[tuple[str, str, int, int]]:
+    """(study, patient ID, stored, failed) per study of the request, for the audit trail.
+
+    Failed parts whose study could not be read are counted under an empty study.
+    """
+    counts: dict[str, list[int]] = {}
+    for outcome in outcomes:
+        study = outcome.result.study_instance_uid if outcome.result else ""
+        counts.setdefault(study, [0, 0])[0 if outcome.result else 1] += 1
+    rows = []
+    for study, (count, failed) in counts.items():
+        row = runtime.index.get_study(study) if study else None
+        rows.append((study, row.patient_id if row else "", count, failed))
+    return rows
 
 
 def _multipart_params(content_type: str | None) -> tuple[bytes, str | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -15,6 +16,8 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from pipeline.config import Settings
 from pipeline.runtime import Runtime
+from pipeline.security.accounts import API_KEY
+from pipeline.security.roles import Role
 
 BOUNDARY = "lightbox-test-boundary-7c1e"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -41,8 +44,39 @@ def app(settings: Settings, runtime: Runtime) -> FastAPI:
     return create_app(settings, runtime)
 
 
+def api_key_for(runtime: Runtime, username: str, role: Role | str, **user: Any) -> str:
+    """Create an account (without a password) and an API key for it; the key."""
+    account = runtime.accounts.create_user(username, role, **user)
+    return runtime.accounts.issue(account, API_KEY, name="test").secret
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header for an API key or bearer token (RFC 6750)."""
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
+def admin_key(runtime: Runtime) -> str:
+    """An administrator's API key on the ``runtime`` fixture's database."""
+    return api_key_for(runtime, "test-admin", Role.ADMINISTRATOR)
+
+
+@pytest.fixture
+def auth_headers(admin_key: str) -> dict[str, str]:
+    """Headers that authenticate as an administrator (RFC 6750 bearer)."""
+    return bearer(admin_key)
+
+
+@pytest.fixture
+def client(app: FastAPI, auth_headers: dict[str, str]) -> Iterator[TestClient]:
+    """A TestClient signed in as an administrator."""
+    with TestClient(app, headers=auth_headers) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def anonymous(app: FastAPI) -> Iterator[TestClient]:
+    """A TestClient without any credential."""
     with TestClient(app) as test_client:
         yield test_client
 

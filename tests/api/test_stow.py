@@ -20,7 +20,7 @@ from api.main import create_app
 from pipeline.config import Settings
 from pipeline.errors import DatasetMismatch, InvalidDataset, StudyMismatch
 from pipeline.runtime import Runtime, open_runtime
-from tests.api.conftest import BOUNDARY, CONTENT_TYPE, multipart_body
+from tests.api.conftest import BOUNDARY, CONTENT_TYPE, api_key_for, bearer, multipart_body
 from tests.conftest import require
 from tests.corpus import SERIES, single_files
 
@@ -159,7 +159,7 @@ class TestRequestErrors:
 
 class TestSizeLimits:
     def test_request_over_limit_is_413(
-        self, settings: Settings, runtime: Runtime, dicom_data: Path
+        self, settings: Settings, runtime: Runtime, dicom_data: Path, auth_headers: dict[str, str]
     ) -> None:
         data = ct_files(dicom_data)[0].read_bytes()
         body = multipart_body([data])
@@ -169,7 +169,7 @@ class TestSizeLimits:
             ),
             runtime,
         )
-        with TestClient(app) as client:
+        with TestClient(app, headers=auth_headers) as client:
             # Declared by Content-Length...
             response = client.post(URL, content=body, headers={"Content-Type": CONTENT_TYPE})
             assert response.status_code == 413
@@ -190,8 +190,9 @@ class TestSizeLimits:
         small, large = sorted((p.read_bytes() for p in ct_files(dicom_data)[:2]), key=len)
         limited = settings.model_copy(update={"max_dataset_bytes": len(large) - 1})
         runtime = open_runtime(limited, run_migrations=True)
+        key = api_key_for(runtime, "stow-tech", "technologist")
         try:
-            with TestClient(create_app(limited, runtime)) as client:
+            with TestClient(create_app(limited, runtime), headers=bearer(key)) as client:
                 response = post(client, [small[: len(large) - 1], large])
                 assert response.status_code == 413
                 assert runtime.index.counts().instances == 0
@@ -374,11 +375,11 @@ def client_bytes(ds: pydicom.Dataset) -> bytes:
 
 
 @pytest.fixture
-def dicomweb(live_url: str) -> Any:
+def dicomweb(live_url: str, auth_headers: dict[str, str]) -> Any:
     require(importlib.util.find_spec("dicomweb_client") is not None, "dicomweb-client")
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(url=f"{live_url}/dicom-web")
+    return DICOMwebClient(url=f"{live_url}/dicom-web", headers=auth_headers)
 
 
 @pytest.mark.slow
@@ -436,14 +437,14 @@ class TestDicomwebClient:
 
 @pytest.mark.slow
 def test_raw_bytes_are_stored_byte_identical(
-    live_url: str, runtime: Runtime, dicom_data: Path
+    live_url: str, runtime: Runtime, dicom_data: Path, auth_headers: dict[str, str]
 ) -> None:
     """Raw files over httpx: every stored blob is the file as sent."""
     paths = ct_files(dicom_data) + single_files(dicom_data)
     response = httpx.post(
         f"{live_url}{URL}",
         content=multipart_body([p.read_bytes() for p in paths]),
-        headers={"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+json"},
+        headers={"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+json", **auth_headers},
         timeout=120,
     )
     assert response.status_code == 202
@@ -460,19 +461,23 @@ def test_raw_bytes_are_stored_byte_identical(
 
 
 def test_logs_hold_no_phi_or_uids(
-    settings: Settings, runtime: Runtime, dicom_data: Path, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    runtime: Runtime,
+    dicom_data: Path,
+    caplog: pytest.LogCaptureFixture,
+    auth_headers: dict[str, str],
 ) -> None:
     ct, other = ct_files(dicom_data)[:2]
     truncated = dicom_data / "edge_cases/MR_truncated.dcm"
     require(truncated.is_file(), str(truncated))
     caplog.set_level("DEBUG")
     study = header_of(ct).StudyInstanceUID
-    with TestClient(create_app(settings, runtime)) as client:
+    with TestClient(create_app(settings, runtime), headers=auth_headers) as client:
         post(client, [ct.read_bytes(), truncated.read_bytes()])
         post(client, [other.read_bytes()], url=f"{URL}/1.2.3.4")
         post(client, [("text/plain", other.read_bytes())])
     small = settings.model_copy(update={"max_request_bytes": 10, "max_dataset_bytes": 10})
-    with TestClient(create_app(small, runtime)) as client:
+    with TestClient(create_app(small, runtime), headers=auth_headers) as client:
         assert post(client, [ct.read_bytes()], url=f"{URL}/{study}").status_code == 413
     assert any(r.name.startswith("api") for r in caplog.records)
     secrets = set()
