@@ -215,6 +215,17 @@ class Lightbox(Server):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pipeline.cli", "serve"]
 
+    def api_key(self) -> str:
+        """An API key of a radiologist account made for the benchmark (before start:
+        the HTTP API needs a credential on every route but /health)."""
+        run = [sys.executable, "-m", "pipeline.cli", "user"]
+        env = self.env()
+        subprocess.run([*run, "add", "bench", "--role", "radiologist", "--no-password"],
+                       env=env, cwd=self.root, check=True, capture_output=True)  # fmt: skip
+        out = subprocess.run([*run, "apikey", "bench", "--name", "benchmark"], env=env,
+                             cwd=self.root, check=True, capture_output=True, text=True)  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTBOX_")}
         env.update(

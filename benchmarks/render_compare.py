@@ -132,6 +132,7 @@ LUA = """
 paths = {%s}
 i = 0
 wrk.headers["Accept"] = "%s"
+%s
 request = function()
   i = i %% #paths + 1
   return wrk.format("GET", paths[i])
@@ -159,8 +160,8 @@ def session_cpu(server: Server) -> float:
     return total
 
 
-def probe(url: str, accept: str) -> dict[str, Any]:
-    request = urllib.request.Request(url, headers={"Accept": accept})
+def probe(url: str, accept: str, headers: dict[str, str]) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"Accept": accept, **headers})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             body = response.read()
@@ -176,8 +177,9 @@ def probe(url: str, accept: str) -> dict[str, Any]:
 
 
 def run_wrk(base: str, paths: list[str], accept: str, clients: int, seconds: float,
-            script: Path) -> dict[str, Any]:
-    script.write_text(LUA % (", ".join(json.dumps(p) for p in paths), accept))
+            script: Path, headers: dict[str, str]) -> dict[str, Any]:
+    extra = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
+    script.write_text(LUA % (", ".join(json.dumps(p) for p in paths), accept, extra))
     threads = min(clients, 2)
     out = subprocess.run(
         [tool("wrk"), f"-t{threads}", f"-c{clients}", f"-d{seconds:g}s", "--latency",
@@ -262,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                               "orthanc_config": orthanc.config, "runs": [], "probes": []}
     code = 0
     try:
+        # Lightbox's API needs a credential (an API key, as a viewer's script
+        # would use); Orthanc runs with its authentication off.
+        auth = {lightbox.name: {"Authorization": f"Bearer {lightbox.api_key()}"}, orthanc.name: {}}
         for s in servers:
             s.start()
         files = write_ct_series(root / "files" / "ct", slices=args.ct_slices)
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in selected:
             usable = {}
             for s in servers:
-                info = probe(base[s.name] + case["paths"][0], case["accept"])
+                info = probe(base[s.name] + case["paths"][0], case["accept"], auth[s.name])
                 info.update(case=case["name"], server=s.name)
                 result["probes"].append(info)
                 usable[s.name] = info["status"] == 200
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     cpu0, t0 = session_cpu(s), time.perf_counter()
                     figures = run_wrk(base[s.name], case["paths"], case["accept"], clients,
-                                      args.seconds, root / "wrk.lua")
+                                      args.seconds, root / "wrk.lua", auth[s.name])
                     cpu = session_cpu(s) - cpu0 - idle[s.name] * (time.perf_counter() - t0)
                     n = figures["requests"] or 0
                     figures.update(case=case["name"], server=s.name, clients=clients,

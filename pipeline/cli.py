@@ -253,6 +253,319 @@ def config() -> None:
     typer.echo(json.dumps(values, indent=2))
 
 
+# -- accounts -------------------------------------------------------------------
+
+user_app = typer.Typer(help="Accounts, passwords and API keys.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+def _accounts(data_dir: Path | None):  # type: ignore[no-untyped-def]
+    from pipeline.runtime import open_runtime
+
+    return open_runtime(_settings(data_dir=data_dir), run_migrations=True)
+
+
+def _cli_audit(runtime: Any, target: str, change: str) -> None:
+    """Account changes from the command line are audited as the OS user."""
+    import getpass
+    import socket
+
+    from pipeline.security.audit import Action, AuditEvent, EventID, EventType
+
+    runtime.audit.record(
+        AuditEvent(
+            EventID.SECURITY_ALERT,
+            Action.UPDATE,
+            "user",
+            f"os:{getpass.getuser()}",
+            event_type=EventType.USER_SECURITY_ATTRIBUTES_CHANGED,
+            source_address=socket.gethostname(),
+            destination="lightbox user",
+            detail={"user": target, "change": change},
+        )
+    )
+
+
+def _read_password(password_stdin: bool, username: str) -> str | None:
+    """The new password: from standard input, typed twice, or generated (None)."""
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if sys.stdin.isatty():
+        return typer.prompt(f"Password for {username}", hide_input=True, confirmation_prompt=True)
+    return None
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="User name (letters, digits, . _ @ -).")],
+    role: Annotated[str, typer.Option(help="administrator, radiologist, technologist or "
+                                          "referring_physician.")] = "radiologist",  # fmt: skip
+    display_name: Annotated[str, typer.Option(help="Full name shown in the viewer.")] = "",
+    referring_name: Annotated[
+        str, typer.Option(help="Referring Physician's Name (PN) for a referring physician.")
+    ] = "",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    no_password: Annotated[
+        bool, typer.Option("--no-password", help="An account for API keys only (a device).")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an account. Without a password given, a one-time password is printed
+    that must be changed at the first login."""
+    from pipeline.errors import LightboxError
+    from pipeline.security.passwords import one_time_password
+
+    password = None if no_password else _read_password(password_stdin, username)
+    generated = password is None and not no_password
+    if generated:
+        password = one_time_password()
+    runtime = _accounts(data_dir)
+    try:
+        user = runtime.accounts.create_user(
+            username,
+            role,
+            password=password,
+            display_name=display_name,
+            referring_physician_name=referring_name,
+            must_change_password=generated,
+        )
+        _cli_audit(runtime, user.username, f"created with role {user.role.value}")
+    except LightboxError as exc:
+        typer.echo(f"lightbox: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+    typer.echo(f"created {user.username} ({user.role.value})")
+    if generated:
+        typer.echo(f"one-time password (must be changed at first login): {password}")
+
+
+@user_app.command("list")
+def user_list(data_dir: DataDir = None) -> None:
+    """List the accounts."""
+    runtime = _accounts(data_dir)
+    try:
+        for u in runtime.accounts.list_users():
+            flags = [f for f, on in (("disabled", not u.active), ("must-change-password",
+                     u.must_change_password), ("api-keys-only", not u.has_password)) if on]  # fmt: skip
+            typer.echo(f"{u.username:24} {u.role.value:20} {' '.join(flags)}".rstrip())
+    finally:
+        runtime.close()
+
+
+@user_app.command("passwd")
+def user_passwd(
+    username: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Set a password; without one given, print a one-time password to change at login."""
+    from pipeline.errors import LightboxError
+    from pipeline.security.passwords import one_time_password
+
+    password = _read_password(password_stdin, username)
+    generated = password is None
+    if password is None:
+        password = one_time_password()
+    runtime = _accounts(data_dir)
+    try:
+        runtime.accounts.set_password(username, password, must_change_password=generated)
+        _cli_audit(runtime, username.lower(), "password set")
+    except LightboxError as exc:
+        typer.echo(f"lightbox: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+    typer.echo(f"password of {username.lower()} set")
+    if generated:
+        typer.echo(f"one-time password (must be changed at first login): {password}")
+
+
+@user_app.command("disable")
+def user_disable(username: str, data_dir: DataDir = None) -> None:
+    """Disable an account and end every credential it holds."""
+    from pipeline.errors import LightboxError
+
+    runtime = _accounts(data_dir)
+    try:
+        runtime.accounts.update_user(username, active=False)
+        _cli_audit(runtime, username.lower(), "disabled")
+    except LightboxError as exc:
+        typer.echo(f"lightbox: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+    typer.echo(f"{username.lower()} disabled")
+
+
+@user_app.command("apikey")
+def user_apikey(
+    username: str,
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. 'CT room 2'.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Issue an API key for an account (shown once: store it in the device or script)."""
+    from pipeline.errors import LightboxError
+    from pipeline.security.accounts import API_KEY
+
+    runtime = _accounts(data_dir)
+    try:
+        issued = runtime.accounts.issue(runtime.accounts.get_user(username), API_KEY, name=name)
+        _cli_audit(runtime, username.lower(), f"API key {issued.token_id} issued")
+    except LightboxError as exc:
+        typer.echo(f"lightbox: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+    typer.echo(issued.secret)
+
+
+@app.command()
+def roles() -> None:
+    """Print which role has which permission (the table of the README)."""
+    from pipeline.security.roles import permission_table
+
+    typer.echo(permission_table())
+
+
+@app.command()
+def audit(
+    data_dir: DataDir = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this date or time (ISO 8601; local time if no offset).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Before this time; a date alone includes that whole day.")
+    ] = None,
+    patient: Annotated[str | None, typer.Option(help="Patient ID.")] = None,
+    actor: Annotated[str | None, typer.Option(help="User name, AE title or component.")] = None,
+    event: Annotated[
+        str | None, typer.Option(help="Event: CID 400 code or name, e.g. 110112 or query.")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study Instance UID.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The audit trail, newest first: who read, created, changed, exported or deleted what.
+
+    Reading the trail is itself recorded (Audit Log Used, as the OS user).
+    """
+    import getpass
+    import socket
+    from datetime import date, datetime, time, timedelta, timezone
+
+    from pipeline.runtime import open_runtime
+    from pipeline.security.audit import Action, AuditEvent, EventID, Outcome, parse_event_id
+
+    def when(value: str | None, option: str, *, end: bool = False) -> datetime | None:
+        # A bare date is a whole day: --since its start, --until the next day's
+        # start (the range is [since, until)). A time without an offset is the
+        # local time of whoever types it.
+        if value is None:
+            return None
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                parsed = datetime.combine(day + timedelta(days=1 if end else 0), time())
+            else:
+                parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"not an ISO date or time: {value!r}", param_hint=option
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.astimezone()
+        return parsed.astimezone(timezone.utc)
+
+    start, end = when(since, "--since"), when(until, "--until", end=True)
+    try:
+        event_id = parse_event_id(event) if event is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--event") from None
+
+    runtime = open_runtime(_settings(data_dir=data_dir), run_migrations=True)
+    try:
+        records = runtime.audit.query(
+            since=start,
+            until=end,
+            patient_id=patient,
+            actor=actor,
+            event_id=event_id,
+            study_instance_uid=study,
+            limit=limit,
+        )
+        try:
+            user = getpass.getuser()
+        except Exception:  # no login name (a container's bare uid)
+            import os
+
+            user = str(os.getuid())
+        filters = {
+            "since": start.isoformat() if start else None,
+            "until": end.isoformat() if end else None,
+            "patient_id": patient,
+            "actor": actor,
+            "event_id": event_id.value if event_id else None,
+            "study_instance_uid": study,
+        }
+        detail: dict[str, object] = {k: v for k, v in filters.items() if v is not None}
+        detail.update(limit=limit, rows=len(records))
+        runtime.audit.record(
+            AuditEvent(
+                event_id=EventID.AUDIT_LOG_USED,
+                action=Action.READ,
+                actor_kind="user",
+                actor=user,
+                outcome=Outcome.SUCCESS,
+                source_address=socket.gethostname(),
+                destination="lightbox audit",
+                patient_id=patient or "",
+                study_instance_uid=study or "",
+                detail=detail,
+            )
+        )
+    finally:
+        runtime.close()  # writes the Audit Log Used row
+
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    actions = {a.value: a.name.lower() for a in Action}
+    outcomes = {o.value: o.name.lower().replace("_", " ") for o in Outcome}
+
+    def stamp(value: datetime) -> str:
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+    header = (
+        "time", "last", "count", "event", "action", "outcome", "actor", "role", "source",
+        "destination", "patient", "study",
+    )  # fmt: skip
+    table = [header] + [
+        (
+            stamp(r.event_time),
+            stamp(r.last_time) if r.last_time != r.event_time else "",
+            str(r.count),
+            r.event_name,
+            actions.get(r.action, r.action),
+            outcomes.get(r.outcome, str(r.outcome)),
+            f"{r.actor_kind}:{r.actor}",
+            r.role,
+            r.source_address,
+            r.destination,
+            r.patient_id,
+            r.study_instance_uid,
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if not records:
+        typer.echo("no audit events match")
+
+
 def main() -> None:
     app()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from pipeline.config import Settings
 from pipeline.decode.actors import start_decode
@@ -17,6 +18,9 @@ from pipeline.index import SqlIndex, migrate
 from pipeline.ingest.actors import start_ingest
 from pipeline.storage.blobs import LocalBlobStore, open_blob_store
 from pipeline.storage.pixels import open_pixel_store
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,35 @@ def prepare_storage(settings: Settings) -> None:
             log.warning("resuming %d pipeline work items interrupted by a stop", released)
 
 
+def http_config(settings: Settings, app: object) -> uvicorn.Config:
+    """uvicorn's configuration for ``app``: HTTPS when ``http_tls_cert``/``http_tls_key`` are set.
+
+    The certificate and key are loaded once here (:func:`server_context`), so
+    that a missing or unreadable file stops the start with the setting's name
+    instead of failing the first client's handshake.
+    """
+    import uvicorn
+
+    tls: dict[str, object] = {}
+    if settings.http_tls_cert and settings.http_tls_key:
+        from pipeline.security.tls import TLSConfigError, server_context
+
+        try:
+            server_context(settings.http_tls_cert, settings.http_tls_key, setting="http_tls")
+        except TLSConfigError as exc:
+            raise SystemExit(f"lightbox: {exc}") from None
+        tls = {"ssl_certfile": str(settings.http_tls_cert), "ssl_keyfile": str(settings.http_tls_key)}
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        # uvicorn wraps each accepted connection of the pre-bound socket.
+        **tls,  # type: ignore[arg-type]
+    )
+
+
 def ensure_first_administrator(settings: Settings) -> None:
     """On first start (no account at all), create ``admin`` and print its one-time password.
 
@@ -159,19 +192,7 @@ def serve(settings: Settings) -> None:
     decoders, dispatcher, dispatch_thread = start_decode(settings, dispatch_index)
 
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-            # HTTPS when a certificate is configured; uvicorn wraps the
-            # pre-bound socket's connections.
-            ssl_certfile=str(settings.http_tls_cert) if settings.http_tls_cert else None,
-            ssl_keyfile=str(settings.http_tls_key) if settings.http_tls_key else None,
-        )
-    )
+    server = uvicorn.Server(http_config(settings, app))
     log.info(
         "Lightbox ready: DICOM %s@%s:%d%s, HTTP %s://%s:%d, data %s",
         settings.ae_title,

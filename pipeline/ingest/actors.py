@@ -27,7 +27,7 @@ class IngestWorker:
         settings = Settings.model_validate_json(settings_json)
         configure_logging(settings.log_level)
         self.runtime = open_runtime(settings)
-        self.server = DicomIngestServer(settings, self.runtime.ingest).start()
+        self.server = DicomIngestServer(settings, self.runtime.ingest, self.runtime.audit).start()
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "port": self.server.port}

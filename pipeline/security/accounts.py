@@ -256,6 +256,25 @@ class AccountService:
         if values:
             values["updated_at"] = _now()
             with self.index.write_transaction() as conn:
+                stays_admin = values.get("active", user.active) and values.get(
+                    "role", user.role.value
+                ) == Role.ADMINISTRATOR.value
+                if user.role is Role.ADMINISTRATOR and user.active and not stays_admin:
+                    others = conn.execute(
+                        select(func.count())
+                        .select_from(users)
+                        .where(
+                            (users.c.role == Role.ADMINISTRATOR.value)
+                            & users.c.active
+                            & (users.c.pk != user.pk)
+                        )
+                    ).scalar_one()
+                    if not others:
+                        # Nobody could manage accounts any more (the first-start
+                        # administrator is only made on an empty database).
+                        raise InvalidRequest(
+                            "the last active administrator cannot be disabled or given another role"
+                        )
                 conn.execute(update(users).where(users.c.pk == user.pk).values(**values))
                 if active is False or role is not None:
                     # A changed role must not live on in credentials issued before.

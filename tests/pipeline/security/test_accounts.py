@@ -181,6 +181,7 @@ def test_revocation_and_disabling_take_effect(runtime: Runtime, settings: Settin
 
 
 def test_role_change_ends_earlier_credentials(accounts: AccountService) -> None:
+    accounts.create_user("root", Role.ADMINISTRATOR)
     user = accounts.create_user("alice", Role.ADMINISTRATOR)
     key = accounts.issue(user, API_KEY)
     accounts.update_user("alice", role=Role.REFERRING_PHYSICIAN)
@@ -212,3 +213,14 @@ def test_first_administrator_only_on_an_empty_database(accounts: AccountService)
     assert accounts.ensure_first_administrator() is None
     with pytest.raises(NotFound):
         accounts.get_user("root")
+
+
+def test_the_last_administrator_stays(accounts: AccountService) -> None:
+    accounts.create_user("root", Role.ADMINISTRATOR)
+    for change in ({"active": False}, {"role": Role.RADIOLOGIST}):
+        with pytest.raises(InvalidRequest, match="last active administrator"):
+            accounts.update_user("root", **change)  # type: ignore[arg-type]
+    assert accounts.get_user("root").active
+    accounts.create_user("second", Role.ADMINISTRATOR)
+    accounts.update_user("root", active=False)  # another administrator remains
+    assert not accounts.get_user("root").active
