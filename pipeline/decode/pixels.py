@@ -37,7 +37,15 @@ sizes and exception kinds, never values, so they are free of PHI):
 * a decoded size (rows x columns x frames x samples x bytes per sample) over
   ``max_decoded_bytes``, checked before anything is allocated;
 * native pixel data shorter than its declared size (PS3.5 A.1/8.1);
-* any error of pydicom or a codec, wrapped with the exception's class name;
+* an encapsulated frame whose own header (JPEG SOF, JPEG-LS SOF55, JPEG 2000
+  SIZ, RLE header) declares another image than the dataset, checked before
+  any decoder runs (:mod:`pipeline.decode.codestream`): no decoder allocates
+  more than the dataset declares;
+* a Deflated dataset that inflates past ``max_decoded_bytes`` plus
+  :data:`INFLATE_HEADROOM` (a decompression bomb);
+* any error of pydicom or a codec, wrapped with the exception's class name
+  (so is any other exception while decoding: a garbage frame fails its
+  instance, never the worker);
 * :class:`~pipeline.errors.MissingDecoder` when the codec is not installed.
 """
 
@@ -53,13 +61,21 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from pipeline.decode.codestream import check_encapsulated_frames
 from pipeline.decode.describe import describe
 from pipeline.decode.registry import Decoder, decoder_for
-from pipeline.errors import DecodeFailed, LightboxError
+from pipeline.errors import DecodeFailed, LightboxError, TooLarge
 from pipeline.ingest.parse import dataset_encoding, inflate
 from pipeline.ingest.part10 import split_part10
 
 __all__ = ["DecodedPixels", "declared_decoded_bytes", "decode_instance"]
+
+#: Not errors of the data: never turned into DecodeFailed.
+_INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+#: What an inflated Deflated dataset (PS3.5 A.5) may hold besides its pixel
+#: data (bounded by ``max_decoded_bytes``): the rest of the header.
+INFLATE_HEADROOM = 64 << 20
 
 _PIXEL_KEYWORDS = {
     "PixelData": None,
@@ -112,7 +128,7 @@ class _Geometry:
         return self.rows * self.columns * self.frames * self.samples * self.bytes_per_sample
 
 
-def _read(part10: bytes) -> tuple[Dataset, str]:
+def _read(part10: bytes, max_inflated_bytes: int | None = None) -> tuple[Dataset, str]:
     """The dataset and its transfer syntax (from the File Meta, PS3.10 7.1).
 
     Read the way ingest split it (:func:`pipeline.ingest.part10.split_part10`):
@@ -123,7 +139,9 @@ def _read(part10: bytes) -> tuple[Dataset, str]:
         tsyntax = part.transfer_syntax_uid
         dataset = bytes(part.dataset)
         if tsyntax == DeflatedExplicitVRLittleEndian:
-            dataset = inflate(dataset)
+            dataset = inflate(dataset, max_inflated_bytes)
+    except TooLarge as exc:  # a Deflated dataset inflating past the limit
+        raise DecodeFailed(exc.reason) from None
     except LightboxError as exc:
         raise DecodeFailed(f"not a DICOM file: {exc.reason}") from None
     implicit, little = dataset_encoding(tsyntax)
@@ -203,7 +221,11 @@ def _decode(ds: Dataset, decoder: Decoder) -> tuple[np.ndarray, dict[str, Any]]:
 
     try:
         arr, meta = get_decoder(decoder.uid).as_array(ds, decoding_plugin=decoder.plugin)
-    except Exception as exc:  # every plugin raises its own kinds; messages may quote values
+    except _INTERRUPTS:
+        raise
+    except BaseException as exc:  # every plugin raises its own kinds; messages may quote values
+        # BaseException: a Rust codec's panic (pylibjpeg-rle on a segment that
+        # decodes past its plane) is a pyo3 PanicException, not an Exception.
         raise DecodeFailed(
             f"{decoder.name}: cannot decode pixel data ({type(exc).__name__})"
         ) from None
@@ -211,7 +233,7 @@ def _decode(ds: Dataset, decoder: Decoder) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def decode_instance(part10: bytes, max_decoded_bytes: int) -> DecodedPixels:
-    """Decode every frame of a stored instance.
+    """Decode every frame of a stored instance; never raises anything but DecodeFailed.
 
     Parameters
     ----------
@@ -232,9 +254,21 @@ def decode_instance(part10: bytes, max_decoded_bytes: int) -> DecodedPixels:
     DecodeFailed
         No pixel data (reason ``"no pixel data"``), an unknown transfer
         syntax, a header out of range, over the size limit, pixel data shorter
-        than declared, or a codec error.
+        than declared, a frame whose codestream header disagrees with the
+        dataset, or a codec error; and, with the exception's class name, any
+        other error while decoding (the function does no I/O: whatever goes
+        wrong in it is about the data).
     """
-    ds, tsyntax = _read(part10)
+    try:
+        return _decode_instance(part10, max_decoded_bytes)
+    except (LightboxError, *_INTERRUPTS):
+        raise
+    except BaseException as exc:  # MemoryError, a codec's own kinds or panics, a bug on odd data
+        raise DecodeFailed(f"unexpected error while decoding ({type(exc).__name__})") from None
+
+
+def _decode_instance(part10: bytes, max_decoded_bytes: int) -> DecodedPixels:
+    ds, tsyntax = _read(part10, max_decoded_bytes + INFLATE_HEADROOM)
     geometry = _geometry(ds)  # "no pixel data" before "no decoder" for SR, PDF, ...
     decoder = decoder_for(tsyntax)
     if geometry.decoded_bytes > max_decoded_bytes:
@@ -245,6 +279,18 @@ def decode_instance(part10: bytes, max_decoded_bytes: int) -> DecodedPixels:
         )
     if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
         _check_native_length(ds, geometry)
+    elif geometry.keyword == "PixelData":
+        # The codestream's own header, before a decoder allocates what it says.
+        check_encapsulated_frames(
+            ds,
+            tsyntax,
+            geometry.rows,
+            geometry.columns,
+            geometry.samples,
+            geometry.bits_allocated,
+            geometry.frames,
+            max_decoded_bytes,
+        )
 
     arr, meta = _decode(ds, decoder)
     frames = int(meta.get("number_of_frames") or 1)

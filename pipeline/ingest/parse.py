@@ -4,6 +4,12 @@ Only the header is parsed (up to Pixel Data); the Pixel Data element's length,
 or for encapsulated pixel data every item (PS3.5 A.4), is checked against the
 bytes that are there, and the elements after it are parsed too, so that a
 truncated or mis-encoded dataset is refused instead of stored.
+
+The same walk bounds what a hostile sender can make a parser do: sequences
+nested deeper than a limit are refused (PS3.5 7.5), a Deflated dataset may not
+inflate past a limit (PS3.5 A.5), and :func:`check_pixel_limits` refuses an
+Image Pixel Module whose declared size is nonsense or over the decoded size
+limit, before anything is stored or decoded.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from pipeline.errors import DatasetMismatch, InvalidDataset
+from pipeline.errors import DatasetMismatch, InvalidDataset, TooLarge
 from pipeline.index.records import (
     InstanceAttributes,
     ParsedHeader,
@@ -44,9 +50,39 @@ _LONG_VRS = {
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
 }  # fmt: skip
 
+#: The default of ``settings.max_sequence_depth``: deepest nesting of sequences
+#: accepted (PS3.5 7.5). Real objects nest a few levels (SR content trees,
+#: enhanced functional groups: 3 to 8); hostile ones nest thousands.
+DEFAULT_MAX_SEQUENCE_DEPTH = 16
+#: Bits Allocated of an Image Pixel Module (PS3.3 C.7.6.3.1, PS3.5 8.1.1) and
+#: of Float / Double Float Pixel Data (C.7.6.24): anything else is nonsense.
+_BITS_ALLOCATED = frozenset({1, 8, 16, 32, 64})
+#: An IS value (PS3.5 6.2): an optional sign and digits, nothing else.
+_INTEGER_STRING = re.compile(r"[+-]?[0-9]{1,12}")
+
 
 def is_valid_uid(value: str, strict: bool = False) -> bool:
-    """Whether ``value`` is a UID (PS3.5 9.1); ``strict`` also refuses leading zeros."""
+    """Whether ``value`` is a UID (PS3.5 9.1).
+
+    PS3.5 9.1: a UID is at most 64 characters, components of ASCII digits
+    separated by single dots, no leading, trailing or empty component, and a
+    component other than ``0`` does not start with ``0``. Nothing else (no
+    padding, no separator, no path characters) passes, so a UID that passed
+    can be written to logs and compared safely; it still never names a file
+    (storage keys are generated, :func:`pipeline.storage.blobs.new_storage_key`).
+
+    Parameters
+    ----------
+    value : str
+        The value with its padding (trailing NUL or space, PS3.5 6.2) removed.
+    strict : bool
+        Also refuse components with leading zeros. Off by default: older
+        devices write them, and the instance is still identified exactly.
+
+    Returns
+    -------
+    bool
+    """
     pattern = _UID if strict else _UID_LENIENT
     # fullmatch: ``$`` alone would also accept a UID followed by a newline.
     return 0 < len(value) <= 64 and bool(pattern.fullmatch(value))
@@ -62,22 +98,80 @@ def dataset_encoding(transfer_syntax_uid: str) -> tuple[bool, bool]:
     return False, True
 
 
-def inflate(dataset: bytes) -> bytes:
-    """The dataset of the Deflated transfer syntax, inflated (PS3.5 A.5: raw deflate)."""
+def inflate(dataset: bytes, max_bytes: int | None = None) -> bytes:
+    """The dataset of the Deflated transfer syntax, inflated (PS3.5 A.5: raw deflate).
+
+    Parameters
+    ----------
+    dataset : bytes
+        The deflate stream; bytes after its end (padding) are ignored.
+    max_bytes : int, optional
+        Refuse a stream that inflates to more: a few kilobytes of deflate can
+        inflate to gigabytes (a decompression bomb), so inflating stops after
+        ``max_bytes + 1`` bytes of output whatever the stream holds.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    InvalidDataset
+        Not a deflate stream, or one cut short.
+    TooLarge
+        The stream inflates past ``max_bytes``.
+    """
+    stream = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        return zlib.decompress(dataset, -zlib.MAX_WBITS)
+        out = stream.decompress(dataset, 0 if max_bytes is None else max_bytes + 1)
     except zlib.error as exc:
         raise InvalidDataset(f"deflated dataset does not inflate: {exc}") from None
+    if max_bytes is not None and (len(out) > max_bytes or stream.unconsumed_tail):
+        raise TooLarge(f"deflated dataset inflates past the limit of {max_bytes} bytes")
+    if not stream.eof:
+        raise InvalidDataset("deflated dataset does not inflate: the stream is truncated")
+    return out
 
 
-def read_header(dataset: bytes, transfer_syntax_uid: str) -> tuple[Dataset, bool]:
+def read_header(
+    dataset: bytes,
+    transfer_syntax_uid: str,
+    *,
+    max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
+    max_inflated_bytes: int | None = None,
+) -> tuple[Dataset, bool]:
     """Parse ``dataset`` (the bytes after the File Meta Information).
 
-    Returns the dataset without its pixel data, and whether pixel data was present.
-    Raises :class:`InvalidDataset` when the bytes are not a whole dataset.
+    The structure is walked first (:func:`check_element_lengths`: every
+    length, the nesting depth, the encapsulated items), so that pydicom, which
+    parses undefined length sequences recursively, never sees a hostile
+    nesting; then the header is parsed up to the pixel data.
+
+    Parameters
+    ----------
+    dataset : bytes
+        The dataset, as received.
+    transfer_syntax_uid : str
+        Its transfer syntax (the encoding, PS3.5 10).
+    max_sequence_depth : int
+        Deepest sequence nesting accepted (PS3.5 7.5).
+    max_inflated_bytes : int, optional
+        For the Deflated transfer syntax: the largest inflated dataset.
+
+    Returns
+    -------
+    tuple of (pydicom.dataset.Dataset, bool)
+        The dataset without its pixel data, and whether pixel data was present.
+
+    Raises
+    ------
+    InvalidDataset
+        The bytes are not a whole dataset, or nest sequences too deeply.
+    TooLarge
+        A Deflated dataset inflates past ``max_inflated_bytes``.
     """
     if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-        dataset = inflate(dataset)
+        dataset = inflate(dataset, max_inflated_bytes)
     implicit, little = dataset_encoding(transfer_syntax_uid)
     found: list[int] = []
 
@@ -89,6 +183,11 @@ def read_header(dataset: bytes, transfer_syntax_uid: str) -> tuple[Dataset, bool
 
     fp = BytesIO(dataset)
     try:
+        # pydicom reads a value cut short by the end of the bytes without a word,
+        # stops quietly at a partial element header, and recurses once per
+        # nested undefined length sequence: check every length and the depth
+        # before it reads anything.
+        check_element_lengths(dataset, implicit, little, max_sequence_depth)
         ds = read_dataset(fp, implicit, little, stop_when=stop_at_pixels)
         if found:
             end = _skip_pixel_element(dataset, fp.tell(), implicit, little)
@@ -99,9 +198,6 @@ def read_header(dataset: bytes, transfer_syntax_uid: str) -> tuple[Dataset, bool
             del trailing
         elif fp.tell() != len(dataset):
             raise InvalidDataset("dataset ends in the middle of an element")
-        # pydicom reads a value cut short by the end of the bytes without a word,
-        # and stops quietly at a partial element header: check every length.
-        check_element_lengths(dataset, implicit, little)
     except InvalidDataset:
         raise
     except Exception as exc:  # pydicom raises many kinds for bad bytes
@@ -150,15 +246,47 @@ def _skip_pixel_element(buf: bytes, offset: int, implicit: bool, little: bool) -
         pos += item_length
 
 
-def check_element_lengths(buf: bytes, implicit: bool, little: bool) -> None:
-    """Walk every element of the dataset ``buf``; raise :class:`InvalidDataset`
-    where a declared length runs past the bytes there, or the bytes end inside
-    an element header, an undefined length sequence or item (PS3.5 7.1, 7.5).
+class _TooDeep(InvalidDataset):
+    """Nesting over the limit; passes through the lenient walk of defined length values."""
+
+
+def check_element_lengths(
+    buf: bytes,
+    implicit: bool,
+    little: bool,
+    max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
+) -> None:
+    """Walk every element of the dataset ``buf``, and every nested sequence.
 
     The encoding is chosen the way pydicom reads: a dataset (or a sequence item
     of an explicit VR dataset) whose first element has no valid VR is implicit VR.
+
+    Undefined length sequences and items (PS3.5 7.5.1, 7.5.2) must be whole:
+    they are what pydicom parses as it reads. Defined length values that hold
+    items (SQ; UN, whose sequences are implicit VR little endian, PS3.5 6.2.2;
+    implicit VR elements) are walked too, for their depth only: pydicom parses
+    them when a value is used, and a structure it cannot read there is not
+    refused here (it never was).
+
+    Parameters
+    ----------
+    buf : bytes
+        The dataset.
+    implicit, little : bool
+        Its encoding (:func:`dataset_encoding`).
+    max_sequence_depth : int
+        Deepest nesting accepted: a sequence at the top level is at depth 1, a
+        sequence in one of its items at depth 2. The walk recurses once per
+        level and stops at the limit, so its own recursion is bounded by it.
+
+    Raises
+    ------
+    InvalidDataset
+        A declared length runs past the bytes there; the bytes end inside an
+        element header, an undefined length sequence or item; or sequences
+        nest deeper than ``max_sequence_depth``.
     """
-    _walk_dataset(buf, 0, len(buf), implicit, little, in_item=False)
+    _walk_dataset(buf, 0, len(buf), implicit, little, False, 0, max_sequence_depth)
 
 
 def _looks_implicit(buf: bytes, pos: int) -> bool:
@@ -166,10 +294,31 @@ def _looks_implicit(buf: bytes, pos: int) -> bool:
     return not (len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B)
 
 
+def _deeper(depth: int, limit: int) -> int:
+    """The depth of a sequence in a dataset at ``depth``, refused over ``limit`` (PS3.5 7.5)."""
+    if depth + 1 > limit:
+        raise _TooDeep(f"sequences nest deeper than {limit} levels")
+    return depth + 1
+
+
 def _walk_dataset(
-    buf: bytes, pos: int, end: int, implicit: bool, little: bool, in_item: bool
+    buf: bytes,
+    pos: int,
+    end: int,
+    implicit: bool,
+    little: bool,
+    in_item: bool,
+    depth: int,
+    limit: int,
+    delimited: bool | None = None,
 ) -> int:
-    """Offset after the dataset at ``pos``: ``end``, or after the item delimiter."""
+    """Offset after the dataset at ``pos``: ``end``, or after the item delimiter.
+
+    ``depth`` is the number of sequences around the dataset; ``delimited``
+    (default: ``in_item``) says whether it ends with an item delimiter.
+    """
+    if delimited is None:
+        delimited = in_item
     order = "<" if little else ">"
     if pos + 6 <= end and not (in_item and implicit):
         implicit = _looks_implicit(buf, pos)
@@ -179,7 +328,7 @@ def _walk_dataset(
         group, element = struct.unpack_from(order + "HH", buf, pos)
         tag = (group << 16) | element
         if tag == _ITEM_DELIMITER:
-            if in_item:
+            if delimited:
                 return pos + 8
             raise InvalidDataset("item delimiter outside a sequence item")
         vr = None
@@ -203,17 +352,26 @@ def _walk_dataset(
                 pos += 8
         if length != _UNDEFINED:
             if pos + length > end:
+                if tag in _PIXEL_TAGS:  # the reason _skip_pixel_element gives
+                    raise InvalidDataset(
+                        f"Pixel Data is truncated: {length} bytes declared, {end - pos} present"
+                    )
                 raise InvalidDataset(
                     f"element ({group:04X},{element:04X}) is truncated: "
                     f"{length} bytes declared, {end - pos} present"
                 )
+            if length >= 8 and vr in (b"SQ", b"UN", None) and tag not in _PIXEL_TAGS:
+                if vr == b"UN":  # PS3.5 6.2.2: a UN sequence is implicit VR little endian
+                    _walk_defined(buf, pos, pos + length, True, True, depth, limit)
+                else:
+                    _walk_defined(buf, pos, pos + length, implicit, little, depth, limit)
             pos += length
         elif tag in _PIXEL_TAGS:
             # Encapsulated pixel data (PS3.5 A.4): fragments, not datasets.
             header = 8 if vr is None else 12
             pos = _skip_pixel_element(buf, pos - header, vr is None, little)
         elif vr in (b"SQ", b"UN") or (vr is None and _next_is_item(buf, pos, order)):
-            pos = _walk_sequence(buf, pos, end, implicit, little)
+            pos = _walk_sequence(buf, pos, end, implicit, little, _deeper(depth, limit), limit)
         else:  # another undefined length value: up to the sequence delimiter
             delimiter = struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0)
             found = buf.find(delimiter, pos, end)
@@ -222,7 +380,7 @@ def _walk_dataset(
                     f"element ({group:04X},{element:04X}) ends without a sequence delimiter"
                 )
             pos = found + 8
-    if in_item:
+    if delimited:
         raise InvalidDataset("sequence item ends without an item delimiter")
     return pos
 
@@ -234,10 +392,44 @@ def _next_is_item(buf: bytes, pos: int, order: str) -> bool:
     return ((group << 16) | element) in (_ITEM, _SEQUENCE_DELIMITER)
 
 
-def _walk_sequence(buf: bytes, pos: int, end: int, implicit: bool, little: bool) -> int:
-    """Offset after the undefined length sequence whose first item is at ``pos``."""
+def _walk_defined(
+    buf: bytes, pos: int, end: int, implicit: bool, little: bool, depth: int, limit: int
+) -> None:
+    """The depth of the defined length value ``buf[pos:end]`` if it holds items.
+
+    Only the depth is refused here (see :func:`check_element_lengths`): any
+    other fault in the value leaves it to pydicom, as before.
+    """
+    order = "<" if little else ">"
+    if struct.unpack_from(order + "HH", buf, pos) != (_ITEM >> 16, _ITEM & 0xFFFF):
+        return  # not items: an OB, a text, a private value...
+    try:
+        _walk_sequence(buf, pos, end, implicit, little, _deeper(depth, limit), limit, defined=True)
+    except _TooDeep:
+        raise
+    except (InvalidDataset, struct.error):
+        pass
+
+
+def _walk_sequence(
+    buf: bytes,
+    pos: int,
+    end: int,
+    implicit: bool,
+    little: bool,
+    depth: int,
+    limit: int,
+    defined: bool = False,
+) -> int:
+    """Offset after the sequence whose first item is at ``pos`` (PS3.5 7.5).
+
+    An undefined length sequence ends with its delimiter; a ``defined`` one at
+    ``end``. Items of defined length are walked (for depth) within their length.
+    """
     order = "<" if little else ">"
     while True:
+        if defined and pos >= end:
+            return pos
         if pos + 8 > end:
             raise InvalidDataset("sequence ends without a sequence delimiter")
         group, element, length = struct.unpack_from(order + "HHI", buf, pos)
@@ -248,13 +440,26 @@ def _walk_sequence(buf: bytes, pos: int, end: int, implicit: bool, little: bool)
         if tag != _ITEM:
             raise InvalidDataset("sequence holds something other than items")
         if length == _UNDEFINED:
-            pos = _walk_dataset(buf, pos, end, implicit, little, in_item=True)
+            pos = _walk_dataset(buf, pos, end, implicit, little, True, depth, limit)
         elif pos + length > end:
             raise InvalidDataset(
                 f"sequence item is truncated: {length} bytes declared, {end - pos} present"
             )
         else:
+            _walk_item(buf, pos, pos + length, implicit, little, depth, limit)
             pos += length
+
+
+def _walk_item(
+    buf: bytes, pos: int, end: int, implicit: bool, little: bool, depth: int, limit: int
+) -> None:
+    """A defined length item (PS3.5 7.5.1): walked for depth only, like :func:`_walk_defined`."""
+    try:
+        _walk_dataset(buf, pos, end, implicit, little, True, depth, limit, delimited=False)
+    except _TooDeep:
+        raise
+    except (InvalidDataset, struct.error):
+        pass
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -370,3 +575,100 @@ def extract_header(ds: Dataset, has_pixel_data: bool) -> ParsedHeader:
             has_pixel_data=has_pixel_data,
         ),
     )
+
+
+def check_pixel_limits(ds: Dataset, has_pixel_data: bool, max_decoded_bytes: int) -> int:
+    """Refuse an Image Pixel Module that is nonsense or declares too large an array.
+
+    Checked at ingest, from the header alone, so that nothing is stored that
+    the decode stage would have to allocate more than ``max_decoded_bytes``
+    for, and no decoder is ever handed sizes it must not trust. The declared
+    size is Rows x Columns x Number of Frames x Samples per Pixel x bytes per
+    sample, where a sample of Bits Allocated 1 (unpacked) or 8 takes one byte
+    and one of 16, 32 or 64 takes ``BitsAllocated / 8`` (the decoded array's
+    dtype, :mod:`pipeline.decode.pixels`).
+
+    An attribute that is absent (or has no value) is not refused here: an
+    instance without Rows cannot be decoded and is stored as it came, its
+    decode failing with that reason (``Rows is missing``), as before; nothing
+    is allocated for it. Absent Samples per Pixel counts as 1, absent Number
+    of Frames as one frame.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The header (:func:`read_header`).
+    has_pixel_data : bool
+        Whether Pixel Data, Float or Double Float Pixel Data follows; without
+        it nothing is checked (an SR, a PDF, a waveform).
+    max_decoded_bytes : int
+        The largest decoded array accepted (``settings.max_decoded_bytes``).
+
+    Returns
+    -------
+    int
+        The declared decoded size in bytes (0 without pixel data, or when
+        Rows, Columns or Bits Allocated is absent).
+
+    Raises
+    ------
+    InvalidDataset
+        Rows or Columns 0, over 65535 or not a number (US, PS3.3 C.7.6.3.1);
+        Number of Frames not a positive integer (IS, PS3.3 C.7.6.6); Samples
+        per Pixel 0 or not a number; Bits Allocated other than 1, 8, 16, 32 or
+        64 (PS3.5 8.1.1, PS3.3 C.7.6.24).
+    TooLarge
+        The declared decoded size is over ``max_decoded_bytes``. Reasons name
+        the attributes and sizes, never a value that could be PHI.
+    """
+    if not has_pixel_data:
+        return 0
+    rows = _us(ds, "Rows")
+    columns = _us(ds, "Columns")
+    for keyword, value in (("Rows", rows), ("Columns", columns)):
+        if value is not None and not 0 < value <= 0xFFFF:
+            raise InvalidDataset(f"{keyword} must be 1 to 65535 with pixel data")
+    frames = _frame_count(ds)
+    samples = _us(ds, "SamplesPerPixel")
+    if samples == 0:
+        raise InvalidDataset("SamplesPerPixel must be a positive integer")
+    bits_allocated = _us(ds, "BitsAllocated")
+    if bits_allocated is not None and bits_allocated not in _BITS_ALLOCATED:
+        raise InvalidDataset("BitsAllocated must be 1, 8, 16, 32 or 64 (PS3.5 8.1.1)")
+    if rows is None or columns is None or bits_allocated is None:
+        return 0  # no size declared: the decode stage refuses it, allocating nothing
+    samples = samples or 1
+    bytes_per_sample = max(1, bits_allocated // 8)
+    declared = rows * columns * frames * samples * bytes_per_sample
+    if declared > max_decoded_bytes:
+        raise TooLarge(
+            f"declared pixel data of {rows}x{columns}x{frames} frames x {samples} samples x "
+            f"{bits_allocated} bits is {declared} bytes, over the limit of {max_decoded_bytes}"
+        )
+    return declared
+
+
+def _us(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute of the Image Pixel Module: None when absent or without a value.
+
+    Raises :class:`InvalidDataset` when there is a value but not one integer
+    (a wrong length, several values, another VR's bytes).
+    """
+    elem = ds.get_item(tag_for_keyword(keyword))
+    if elem is None or elem.value in (None, b"", ""):
+        return None
+    value = _int(ds, keyword)
+    if value is None:
+        raise InvalidDataset(f"{keyword} is not a number")
+    return value
+
+
+def _frame_count(ds: Dataset) -> int:
+    """Number of Frames (IS, PS3.3 C.7.6.6): absent or empty is one frame."""
+    text = _text(ds, "NumberOfFrames")
+    if not text:
+        return 1
+    if not _INTEGER_STRING.fullmatch(text) or int(text) < 1:
+        # int() alone would also take "1_000", "١٢" or " 7 " written as text.
+        raise InvalidDataset("NumberOfFrames must be a positive integer")
+    return int(text)

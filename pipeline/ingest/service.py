@@ -21,7 +21,13 @@ from pipeline.index.records import (
     RecordOutcome,
     StoredBlob,
 )
-from pipeline.ingest.parse import extract_header, is_valid_uid, read_header
+from pipeline.ingest.parse import (
+    DEFAULT_MAX_SEQUENCE_DEPTH,
+    check_pixel_limits,
+    extract_header,
+    is_valid_uid,
+    read_header,
+)
 from pipeline.ingest.part10 import build_file_meta, split_part10
 from pipeline.storage.blobs import BlobStore, new_storage_key
 
@@ -40,6 +46,8 @@ class StoreResult:
     outcome: RecordOutcome
     storage_key: str
     size: int
+    #: For the audit trail (PS3.15 A.5.3: the patient concerned), never for logs.
+    patient_id: str = ""
 
 
 class IngestService:
@@ -52,7 +60,15 @@ class IngestService:
     duplicate_policy
         What a re-sent SOP Instance UID with other content does.
     max_dataset_bytes
-        Larger datasets are refused with :class:`pipeline.errors.TooLarge`.
+        Larger datasets are refused with :class:`pipeline.errors.TooLarge`
+        (and a Deflated dataset that inflates to more).
+    max_decoded_bytes
+        A dataset whose Image Pixel Module declares a larger decoded array is
+        refused with :class:`pipeline.errors.TooLarge` before it is stored
+        (:func:`pipeline.ingest.parse.check_pixel_limits`).
+    max_sequence_depth
+        A dataset nesting sequences deeper is refused with
+        :class:`pipeline.errors.InvalidDataset` (PS3.5 7.5).
     """
 
     def __init__(
@@ -61,15 +77,27 @@ class IngestService:
         blobs: BlobStore,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP,
         max_dataset_bytes: int = 2 * 1024**3,
+        *,
+        max_decoded_bytes: int = 4 * 1024**3,
+        max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.max_dataset_bytes = max_dataset_bytes
+        self.max_decoded_bytes = max_decoded_bytes
+        self.max_sequence_depth = max_sequence_depth
 
     @classmethod
     def from_settings(cls, settings: Settings, index: Index, blobs: BlobStore) -> IngestService:
-        return cls(index, blobs, settings.duplicate_policy, settings.max_dataset_bytes)
+        return cls(
+            index,
+            blobs,
+            settings.duplicate_policy,
+            settings.max_dataset_bytes,
+            max_decoded_bytes=settings.max_decoded_bytes,
+            max_sequence_depth=settings.max_sequence_depth,
+        )
 
     def store_dataset(
         self,
@@ -119,12 +147,26 @@ class IngestService:
         return self._commit(header, blob, offset, part.transfer_syntax_uid, provenance)
 
     def _parse(self, dataset: bytes | memoryview, transfer_syntax_uid: str) -> ParsedHeader:
+        """Every check on received bytes, before anything is stored.
+
+        Sizes first (the dataset, a Deflated dataset inflated), then the
+        structure and the sequence depth (PS3.5 7.1, 7.5, A.4), the UIDs (PS3.5
+        9.1: transfer syntax here, Study/Series/SOP Instance and SOP Class in
+        :func:`extract_header`), then the Image Pixel Module's declared size.
+        """
         if len(dataset) > self.max_dataset_bytes:
             raise TooLarge(f"{len(dataset)} bytes is over the limit of {self.max_dataset_bytes}")
         if not is_valid_uid(transfer_syntax_uid):
             raise InvalidDataset("Transfer Syntax UID is not a valid UID")
-        ds, has_pixels = read_header(bytes(dataset), transfer_syntax_uid)
-        return extract_header(ds, has_pixels)
+        ds, has_pixels = read_header(
+            bytes(dataset),
+            transfer_syntax_uid,
+            max_sequence_depth=self.max_sequence_depth,
+            max_inflated_bytes=self.max_dataset_bytes,
+        )
+        header = extract_header(ds, has_pixels)
+        check_pixel_limits(ds, has_pixels, self.max_decoded_bytes)
+        return header
 
     def _commit(
         self,
@@ -190,4 +232,5 @@ class IngestService:
             outcome=outcome,
             storage_key=key,
             size=size,
+            patient_id=header.patient.patient_id,
         )

@@ -14,6 +14,7 @@ from pipeline.index.records import Provenance
 from pipeline.index.schema import PixelState
 from pipeline.runtime import Runtime
 from tests.corpus import SERIES
+from tests.pipeline.decode.test_codestream import jpeg_bomb
 
 
 @pytest.fixture
@@ -44,9 +45,10 @@ def test_queue_to_zarr_to_ready(runtime: Runtime, service: DecodeService, dicom_
 
 
 def test_undecodable_instance_is_failed_with_reason_and_stays_stored(
-    runtime: Runtime, service: DecodeService, dicom_data: Path
+    runtime: Runtime, service: DecodeService, dicom_data: Path, tmp_path: Path
 ) -> None:
-    bomb = dicom_data / "edge_cases" / "2026-05-26-oob-monochrome-65535.dcm"
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(jpeg_bomb(dicom_data))
     good = sorted((dicom_data / SERIES["mr"]).iterdir())[0]
     store(runtime, bomb, good)
     outcomes = {o.state for o in service.run_once(limit=10)}

@@ -46,7 +46,10 @@ EDGE_EXPECTED: dict[str, int | None] = {
     "explicit_VR-UN.dcm": 0x0000,
     "JPEG-lossy.dcm": 0x0000,
     "SC_jpeg_no_color_transform.dcm": 0x0000,
-    "2026-05-26-oob-monochrome-65535.dcm": 0x0000,
+    # Declares 65535 x 65535 x 16 bits (8 GiB) over 256 bytes of pixel data:
+    # refused before storage as over max_decoded_bytes (A700 Out of Resources,
+    # PS3.4 B.2.3), so that no decode ever starts on it.
+    "2026-05-26-oob-monochrome-65535.dcm": 0xA700,
     "UnknownSopClassUid.dcm": 0x0000,
     "Issue140.dcm": 0x0000,
     # Its File Meta names another SOP Instance UID than its dataset, and
@@ -57,7 +60,7 @@ EDGE_EXPECTED: dict[str, int | None] = {
 
 @pytest.fixture
 def server(runtime: Runtime, settings: Settings) -> Iterator[DicomIngestServer]:
-    srv = DicomIngestServer(settings, runtime.ingest).start()
+    srv = DicomIngestServer(settings, runtime.ingest, runtime.audit).start()
     yield srv
     srv.stop()
 
@@ -255,7 +258,7 @@ def test_edge_cases_fail_cleanly_and_server_carries_on(
     runtime: Runtime, settings: Settings, dicom_data: Path, chunked_send: None
 ) -> None:
     settings = settings.model_copy(update={"accept_unknown_sop_classes": True})
-    srv = DicomIngestServer(settings, runtime.ingest).start()
+    srv = DicomIngestServer(settings, runtime.ingest, runtime.audit).start()
     try:
         edge = sorted((dicom_data / "edge_cases").iterdir())
         assert {p.name for p in edge} == set(EDGE_EXPECTED)
@@ -340,7 +343,7 @@ def test_mismatched_affected_sop_instance_is_refused(
 
 def test_calling_ae_allow_list(runtime: Runtime, settings: Settings) -> None:
     settings = settings.model_copy(update={"allowed_calling_aes": ["CT01", "MR01"]})
-    srv = DicomIngestServer(settings, runtime.ingest).start()
+    srv = DicomIngestServer(settings, runtime.ingest, runtime.audit).start()
     try:
         assert echoscu(settings, calling="CT01") == 0
         assert echoscu(settings, calling="INTRUDER") != 0
@@ -358,7 +361,7 @@ def test_reject_policy_over_dimse(
     runtime: Runtime, settings: Settings, dicom_data: Path, tmp_path: Path, chunked_send: None
 ) -> None:
     runtime.ingest.duplicate_policy = DuplicatePolicy.REJECT
-    srv = DicomIngestServer(settings, runtime.ingest).start()
+    srv = DicomIngestServer(settings, runtime.ingest, runtime.audit).start()
     try:
         path = dicom_data / "transfer_syntaxes" / "explicit_vr_le" / "dcm_qa_ts_1.dcm"
         assert send_file_bytes(settings, path) == 0x0000
