@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import PrincipalDep, audit_user_event
 from api.deps import get_runtime
+from pipeline.index.records import person_name_key
 from pipeline.ingest.parse import is_valid_uid
 from pipeline.runtime import Runtime
 from pipeline.security.accounts import Principal
@@ -72,17 +73,12 @@ def _lookup(runtime: Runtime, study_uid: str) -> StudyFacts | None:
     return StudyFacts(row.patient_id, row.referring_physician_name)
 
 
-def _person_name_key(name: str) -> str:
-    """PN compared without case, trailing empty components or padding (PS3.5 6.2)."""
-    return "^".join(part.strip() for part in name.upper().split("^")).rstrip("^")
-
-
 def may_read(principal: Principal, facts: StudyFacts, own_studies_only: bool) -> bool:
     """Whether ``principal`` may read a study with ``facts``."""
     if principal.role is not Role.REFERRING_PHYSICIAN or not own_studies_only:
         return True
-    mine = _person_name_key(principal.referring_physician_name)
-    return bool(mine) and _person_name_key(facts.referring_physician_name) == mine
+    mine = person_name_key(principal.referring_physician_name)
+    return bool(mine) and person_name_key(facts.referring_physician_name) == mine
 
 
 async def study_facts(request: Request, study_uid: str) -> StudyFacts | None:

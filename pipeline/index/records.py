@@ -180,3 +180,13 @@ class IndexCounts:
     bytes: int
     pixel_states: dict[str, int]
     work: dict[str, dict[str, int]]
+
+
+def person_name_key(name: str) -> str:
+    """A Person Name (PN) as compared without case, padding or trailing empty components.
+
+    ``"Doe^Jane^^Dr"`` and ``"DOE^JANE^^DR "`` give the same key; so do
+    ``"Doe^Jane^^"`` and ``"DOE^JANE"`` (PS3.5 6.2: trailing empty components
+    and padding carry no meaning; PS3.4 C.2.2.2.1 lets PN match without case).
+    """
+    return "^".join(part.strip() for part in name.upper().split("^")).rstrip("^")

@@ -82,6 +82,9 @@ studies = Table(
     Column("study_id", String, nullable=False, default=""),
     Column("study_description", String, nullable=False, default=""),
     Column("referring_physician_name", String, nullable=False, default=""),
+    # person_name_key(referring_physician_name): the referring physician's
+    # scope (api.access) and case-insensitive PN matching select on it.
+    Column("referring_physician_search", String, nullable=False, default=""),
     Column("modalities_in_study", String, nullable=False, default=""),
     Column("number_of_series", Integer, nullable=False, default=0),
     Column("number_of_instances", Integer, nullable=False, default=0),
@@ -89,6 +92,7 @@ studies = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index(None, "study_date"),
     Index(None, "accession_number"),
+    Index(None, "referring_physician_search"),
 )
 
 series = Table(
@@ -231,4 +235,40 @@ audit_events = Table(
     Index(None, "patient_id"),
     Index(None, "actor"),
     Index(None, "study_instance_uid"),
+)
+
+
+# -- remote application entities (devices) ------------------------------------
+
+
+class DeviceSetup(str, enum.Enum):
+    """How a device works with the archive (see README, "Devices").
+
+    ``bi-directional``: worklist, MPPS, storage commitment, query/retrieve and
+    storage. ``uni-directional``: the device only sends (C-ECHO, C-STORE);
+    its studies are reconciled to orders.
+    """
+
+    BI_DIRECTIONAL = "bi-directional"
+    UNI_DIRECTIONAL = "uni-directional"
+
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    # PS3.5 6.2 AE: 16 characters at most; unique (C-MOVE destinations are named by it).
+    Column("ae_title", String(16), nullable=False, unique=True),
+    Column("host", String, nullable=False, default=""),
+    Column("port", Integer, nullable=True),
+    Column("setup", String(32), nullable=False),
+    # Comma-separated DIMSE services the device may use (echo, store, find,
+    # move, get, commitment, worklist, mpps); empty: those of its setup.
+    Column("services", String, nullable=False, default=""),
+    # Whether we open TLS connections to it (C-MOVE sub-operations, N-EVENT-REPORT).
+    Column("tls", Boolean, nullable=False, default=False),
+    Column("description", String, nullable=False, default=""),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

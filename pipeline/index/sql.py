@@ -48,6 +48,7 @@ from pipeline.index.records import (
     StoredBlob,
     StudyRow,
     WorkItem,
+    person_name_key,
 )
 from pipeline.index.schema import (
     PixelState,
@@ -368,6 +369,7 @@ class SqlIndex:
                 study_id=s.study_id,
                 study_description=s.study_description,
                 referring_physician_name=s.referring_physician_name,
+                referring_physician_search=person_name_key(s.referring_physician_name),
                 modalities_in_study="",
                 number_of_series=0,
                 number_of_instances=0,
