@@ -101,6 +101,11 @@ class PhiScan:
             root.setLevel(logging.INFO)
         for name in ("pipeline", "api"):
             logging.getLogger(name).setLevel(logging.DEBUG)
+        # httpx is the tests' HTTP client (Starlette's TestClient, dicomweb-client),
+        # not part of the server: it logs each request URL at INFO, query
+        # string and all (a QIDO-RS search by PatientID). What a client logs
+        # is the client's business; the scan is about what Lightbox logs.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
     def files(self) -> list[Path]:
         files = [self.log_file]

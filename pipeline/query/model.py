@@ -32,7 +32,10 @@ not indexed: returned empty by C-FIND, absent from QIDO-RS answers.
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from sqlalchemy import func, select
@@ -230,9 +233,14 @@ PRIMARY_KEYS: dict[Level, ColumnElement] = {
 INSTANCE_AVAILABILITY = "ONLINE"
 
 
-def visible_at(level: Level) -> dict[str, Attribute]:
-    """The attributes of ``level`` and the levels above it, by keyword."""
-    return {k: a for k, a in ATTRIBUTES.items() if a.level.depth <= level.depth}
+@functools.cache
+def visible_at(level: Level) -> Mapping[str, Attribute]:
+    """The attributes of ``level`` and the levels above it, by keyword (read-only).
+
+    Made once per level: every search asks for it, and building it cost a
+    noticeable share of a small search's CPU.
+    """
+    return MappingProxyType({k: a for k, a in ATTRIBUTES.items() if a.level.depth <= level.depth})
 
 
 def unique_keys_above(level: Level, root: Root) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ read transaction of its own, so a slow C-FIND peer never holds the database).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -260,7 +261,7 @@ def _root(root: Root | str) -> Root:
         raise InvalidRequest("the information model is 'patient' or 'study' root") from None
 
 
-def _returned(level: Level, visible: dict[str, Attribute], fields: Iterable[str] | None) -> list[Attribute]:
+def _returned(level: Level, visible: Mapping[str, Attribute], fields: Iterable[str] | None) -> list[Attribute]:
     """The attributes to read: those asked (or all), plus the Unique Keys down to ``level``."""
     wanted = set(visible) if fields is None else {f for f in fields if f in visible}
     wanted |= {UNIQUE_KEYS[lv] for lv in Level if lv.depth <= level.depth}
@@ -269,8 +270,12 @@ def _returned(level: Level, visible: dict[str, Attribute], fields: Iterable[str]
     return [visible[k] for k in visible if k in wanted]
 
 
+@functools.cache
 def _tables(level: Level):  # type: ignore[no-untyped-def]
-    """The FROM clause of a level: its table joined up to patients (left-deep)."""
+    """The FROM clause of a level: its table joined up to patients (left-deep).
+
+    Built once per level (a Join is immutable and is shared by statements).
+    """
     if level is Level.PATIENT:
         return patients
     joined = {Level.STUDY: studies, Level.SERIES: series, Level.IMAGE: instances}[level]
