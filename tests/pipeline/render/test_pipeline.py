@@ -497,3 +497,25 @@ def test_unknown_function_is_refused() -> None:
     frames = np.zeros((1, 2, 2), dtype=np.uint16)
     with pytest.raises(ValueError, match="VOI LUT Function"):
         render(frames, _description(np.uint16), window=(1, 2), function="LOG")
+
+
+def test_cached_tables_follow_the_description() -> None:
+    """The LUT path keeps recent tables: a second render with the same window is a
+    cache hit and equal; the same window on another description (inverted,
+    rescaled) must not reuse that table."""
+    from pipeline.render.pipeline import _TABLES
+
+    frames = np.arange(-2048, 2048, dtype=np.int16).reshape(1, 64, 64)
+    plain = _description(np.int16)
+    first = render(frames, plain, window=(40.0, 400.0))
+    assert _TABLES.get(np, frames.dtype, "window", [(40.0, 400.0, "LINEAR")], True, plain) is not None
+    np.testing.assert_array_equal(render(frames, plain, window=(40.0, 400.0)), first)
+    inverted = _description(np.int16)
+    inverted["photometric_interpretation"] = "MONOCHROME1"
+    np.testing.assert_array_equal(render(frames, inverted, window=(40.0, 400.0)), 255 - first)
+    rescaled = _description(np.int16, intercept=-1024.0)
+    np.testing.assert_array_equal(
+        render(frames, rescaled, window=(40.0, 400.0)),
+        render(frames, rescaled, window=(40.0, 400.0), fast=False),
+    )
+    assert not np.array_equal(render(frames, rescaled, window=(40.0, 400.0)), first)
