@@ -474,10 +474,16 @@ class SqlIndex:
         return StoredBlob(*row) if row else None
 
     def get_instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        # Every rendered, frame and record request starts here: the statement
+        # is built once per index (see _SELECT_BLOB for why).
+        statement = self.__dict__.get("_get_instance_statement")
+        if statement is None:
+            statement = self._instance_query().where(
+                instances.c.sop_instance_uid == bindparam("i_uid")
+            )
+            self.__dict__["_get_instance_statement"] = statement
         with self._engine.connect() as conn:
-            row = conn.execute(
-                self._instance_query().where(instances.c.sop_instance_uid == sop_instance_uid)
-            ).first()
+            row = conn.execute(statement, {"i_uid": sop_instance_uid}).first()
         return _instance_row(row) if row else None
 
     def list_instances(
