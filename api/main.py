@@ -20,6 +20,7 @@ from api.auth import current_principal
 from api.errors import install_error_handlers
 from api.headers import SecurityHeaders
 from api.routes import archive, auth, health, qido, rendered, stow, users
+from api.routes import registration
 from pipeline import __version__
 from pipeline.config import Settings, get_settings
 from pipeline.runtime import Runtime, open_runtime
@@ -89,6 +90,7 @@ def create_app(
     app.include_router(archive.router)
     app.include_router(rendered.router)
     app.include_router(qido.router)
+    app.include_router(registration.router)
 
     @app.get("/api/openapi.json", tags=["meta"], dependencies=[Depends(current_principal)])
     async def openapi_schema() -> dict[str, Any]:

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         True,
         description="Referring physicians read only studies naming them as referring physician.",
     )
+    # -- registration -------------------------------------------------------
+    accession_format: str = Field(
+        "{date:%Y%m%d}{counter:04d}",
+        description="Accession numbers the registration generates: {date} and {counter}.",
+    )
     # -- security: audit trail ------------------------------------------------
     audit_syslog_url: str | None = Field(
         None, description="IHE ATNA audit repository: udp://, tcp:// or tls://host:port."
@@ -143,6 +148,13 @@ class Settings(BaseSettings):
         if not value or len(value) > 16 or "\\" in value or not value.isprintable():
             raise ValueError("an AE title is 1 to 16 printable characters without '\\'")
         return value
+
+    @field_validator("accession_format")
+    @classmethod
+    def _check_accession_format(cls, value: str) -> str:
+        from pipeline.worklist.accession import check_format
+
+        return check_format(value)
 
     @model_validator(mode="after")
     def _check_pairs(self) -> Settings:

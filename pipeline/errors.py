@@ -113,6 +113,56 @@ class AlreadyExists(LightboxError):
     failure_reason = 0x0110
 
 
+class InvalidState(LightboxError):
+    """The thing exists but its state forbids the change: a cancelled order
+    rescheduled, a completed Performed Procedure Step set again (PS3.4 F.7.2.2:
+    0110H Processing failure)."""
+
+    dimse_status = 0x0110
+    http_status = 409
+    failure_reason = 0x0110
+
+
+class AttributeRuleBroken(InvalidRequest):
+    """A DIMSE-N attribute rule broken; ``keyword`` names the attribute, for the
+    response's Attribute Identifier List (0000,1005) (PS3.7 C.4.2)."""
+
+    def __init__(self, reason: str, keyword: str = "") -> None:
+        super().__init__(reason)
+        self.keyword = keyword
+
+
+class MissingAttribute(AttributeRuleBroken):
+    """An attribute the SOP Class requires is absent (0120H, PS3.7 C.4.2; PS3.4 F.7.2)."""
+
+    dimse_status = 0x0120
+    http_status = 400
+    failure_reason = 0x0110
+
+
+class MissingAttributeValue(MissingAttribute):
+    """A type 1 attribute is present but empty (0121H, PS3.7 C.4.2)."""
+
+    dimse_status = 0x0121
+
+
+class InvalidAttributeValue(AttributeRuleBroken):
+    """An attribute's value is not one the SOP Class allows, or the attribute
+    may not be set by this operation (0106H, PS3.7 C.4.2; PS3.4 F.7.2)."""
+
+    dimse_status = 0x0106
+    http_status = 400
+    failure_reason = 0x0110
+
+
+class NoSuchInstance(NotFound):
+    """A DIMSE-N operation names a SOP Instance that does not exist (0112H, PS3.7 C.4.2)."""
+
+    dimse_status = 0x0112
+    http_status = 404
+    failure_reason = 0x0110
+
+
 class NotAuthenticated(LightboxError):
     """No valid credential (HTTP 401). DIMSE 0124H: Refused, not authorized (PS3.7 C.5)."""
 
@@ -144,6 +194,12 @@ ERROR_TABLE: dict[type[LightboxError], tuple[int, int]] = {
         MissingDecoder,
         InvalidRequest,
         AlreadyExists,
+        InvalidState,
+        AttributeRuleBroken,
+        MissingAttribute,
+        MissingAttributeValue,
+        InvalidAttributeValue,
+        NoSuchInstance,
         NotAuthenticated,
         Forbidden,
     )

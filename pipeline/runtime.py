@@ -12,6 +12,7 @@ from pipeline.security.audit import AuditTrail
 from pipeline.storage.blobs import BlobStore, open_blob_store
 from pipeline.storage.pixels import PixelStore, open_pixel_store
 from pipeline.storage.renders import RenderStore, open_render_store
+from pipeline.worklist.registration import RegistrationService
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Runtime:
     renders: RenderStore
     audit: AuditTrail
     accounts: AccountService
+    registration: RegistrationService
 
     def close(self) -> None:
         self.audit.close()
@@ -47,4 +49,5 @@ def open_runtime(settings: Settings, *, run_migrations: bool = False) -> Runtime
         open_render_store(url),
         AuditTrail.from_settings(settings, index),
         AccountService(index, settings),
+        RegistrationService(index, settings.accession_format),
     )

@@ -272,3 +272,184 @@ devices = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+
+# -- registration: patients, orders, scheduled and performed steps -------------
+# The front of the workflow (pipeline.worklist): what the registration desk,
+# HL7 and the modalities' MPPS write, and what the Modality Worklist answers
+# from. ``registered_patients`` is the registration's own record of a patient
+# (the demographics as registered); ``patients`` above stays what the received
+# instances say. Rows are written by pipeline.worklist through
+# SqlIndex.write_transaction(), each change with its row in
+# ``registration_history`` in the same transaction.
+
+
+class OrderState(str, enum.Enum):
+    """Where an order (a "bill", one Accession Number) stands.
+
+    Follows its steps' MPPS (PS3.4 F.7.1): SCHEDULED until a step starts,
+    IN_PROGRESS while one runs, COMPLETED or DISCONTINUED when the steps are
+    done; CANCELLED by the registration (an HL7 cancel, an API call).
+    """
+
+    SCHEDULED = "SCHEDULED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+    CANCELLED = "CANCELLED"
+
+
+class StepStatus(str, enum.Enum):
+    """Scheduled Procedure Step Status (0040,0020), PS3.3 C.4.10 defined terms."""
+
+    SCHEDULED = "SCHEDULED"
+    ARRIVED = "ARRIVED"
+    READY = "READY"
+    STARTED = "STARTED"
+    DEPARTED = "DEPARTED"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+    CANCELED = "CANCELED"  # sic: the standard's spelling
+
+
+class PerformedStatus(str, enum.Enum):
+    """Performed Procedure Step Status (0040,0252), PS3.3 C.4.14 enumerated values."""
+
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+
+
+registered_patients = Table(
+    "registered_patients",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer_of_patient_id", String(64), nullable=False, default=""),
+    Column("patient_name", String, nullable=False, default=""),
+    # person_name_key(patient_name): case-insensitive matching (PS3.4 C.2.2.2.1)
+    # and the duplicate check.
+    Column("patient_name_search", String, nullable=False, default=""),
+    Column("patient_birth_date", String(8), nullable=False, default=""),
+    Column("patient_sex", String(1), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("patient_id", "issuer_of_patient_id"),
+    Index(None, "patient_name_search", "patient_birth_date"),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    # PS3.5 6.2 SH: 16 characters at most. One per order (IHE RAD TF-1 4.2.1).
+    Column("accession_number", String(16), nullable=False, unique=True),
+    Column("patient_pk", ForeignKey("registered_patients.pk"), nullable=False, index=True),
+    Column("placer_order_number", String(64), nullable=False, default=""),
+    Column("referring_physician_name", String, nullable=False, default=""),
+    Column("referring_physician_search", String, nullable=False, default=""),
+    Column("reason", String, nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "state"),
+)
+
+requested_procedures = Table(
+    "requested_procedures",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("order_pk", ForeignKey("orders.pk"), nullable=False, index=True),
+    # Requested Procedure ID (0040,1001), SH.
+    Column("requested_procedure_id", String(16), nullable=False, unique=True),
+    Column("description", String, nullable=False, default=""),
+    # Requested Procedure Code Sequence (0032,1064): one item.
+    Column("code_value", String, nullable=False, default=""),
+    Column("coding_scheme", String, nullable=False, default=""),
+    Column("code_meaning", String, nullable=False, default=""),
+    # Generated when the order is made, so that the images the modality
+    # makes carry it (IHE RAD TF-2 4.5.4.1.2.2).
+    Column("study_instance_uid", UID, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+scheduled_procedure_steps = Table(
+    "scheduled_procedure_steps",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column(
+        "procedure_pk", ForeignKey("requested_procedures.pk"), nullable=False, index=True
+    ),
+    # Scheduled Procedure Step ID (0040,0009), SH.
+    Column("sps_id", String(16), nullable=False, unique=True),
+    Column("modality", String(16), nullable=False),
+    Column("station_ae_title", String(16), nullable=False, default=""),
+    Column("station_name", String(16), nullable=False, default=""),
+    # DA and TM strings (YYYYMMDD, HHMMSS): range matching is a string
+    # comparison, as in the studies table (pipeline.query.matching).
+    Column("start_date", String(8), nullable=False),
+    Column("start_time", String(16), nullable=False, default=""),
+    Column("performing_physician_name", String, nullable=False, default=""),
+    Column("description", String, nullable=False, default=""),
+    # Scheduled Protocol Code Sequence (0040,0008): one item.
+    Column("protocol_code_value", String, nullable=False, default=""),
+    Column("protocol_coding_scheme", String, nullable=False, default=""),
+    Column("protocol_code_meaning", String, nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "start_date"),
+    Index(None, "station_ae_title"),
+)
+
+performed_procedure_steps = Table(
+    "performed_procedure_steps",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    # Affected SOP Instance UID of the N-CREATE (PS3.4 F.7.2.1).
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    # The scheduled step and order it reports on, when it names one (an
+    # unscheduled procedure names none, IHE RAD TF-2 4.6.4.1.2.2).
+    Column("sps_pk", ForeignKey("scheduled_procedure_steps.pk"), nullable=True, index=True),
+    Column("order_pk", ForeignKey("orders.pk"), nullable=True, index=True),
+    Column("calling_ae", String(16), nullable=False, default=""),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("study_instance_uid", String(64), nullable=False, default=""),
+    Column("start_date", String(8), nullable=False, default=""),
+    Column("start_time", String(16), nullable=False, default=""),
+    Column("end_date", String(8), nullable=False, default=""),
+    Column("end_time", String(16), nullable=False, default=""),
+    # Every attribute the modality sent, merged over N-CREATE and N-SETs, as
+    # DICOM JSON (PS3.18 F.2).
+    Column("attributes", Text, nullable=False, default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+registration_history = Table(
+    "registration_history",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    # "user:<name>", "ae:<AE title>" or "hl7:<sending application>".
+    Column("actor", String, nullable=False),
+    # patient | order | procedure | step | mpps, and the row's pk.
+    Column("entity", String(16), nullable=False),
+    Column("entity_pk", Integer, nullable=False),
+    Column("action", String(16), nullable=False),  # create | update | cancel | ...
+    # The row's fields before and after (JSON objects; null for a creation).
+    Column("before", Text, nullable=True),
+    Column("after", Text, nullable=True),
+    Index(None, "entity", "entity_pk"),
+    Index(None, "event_time"),
+)
+
+#: Named counters (accession numbers, procedure and step IDs): the next value
+#: is taken in the writer's transaction, so that two registrations never get one.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

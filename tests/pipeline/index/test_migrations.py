@@ -16,6 +16,8 @@ TABLES = {
     "patients", "studies", "series", "instances", "work_items",  # 0001
     "users", "auth_tokens", "audit_events",  # 0002
     "devices",  # 0003
+    "registered_patients", "orders", "requested_procedures", "scheduled_procedure_steps",
+    "performed_procedure_steps", "registration_history", "counters",  # 0004
 }  # fmt: skip
 #: The newest revision: every upgrade must end there.
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

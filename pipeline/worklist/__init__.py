@@ -1,0 +1,1 @@
+"""The front of the workflow: registration, Modality Worklist, MPPS (issue 6)."""
