@@ -8,6 +8,12 @@ leaves either the old state (the lease runs out, the item is decoded again) or
 the new one. An instance that cannot be decoded keeps its original bytes, stays
 retrievable, and is marked ``failed`` with the reason (``lightbox status``,
 ``lightbox redecode``).
+
+Since the stage reads every stored instance with pixel data anyway, it also
+writes the instance's WADO-RS metadata document (DICOM JSON, PS3.18 F.2) into
+the metadata store (:mod:`pipeline.retrieve.metadata`), before decoding, so
+that an instance whose pixels fail still gets one. Like the renders, it is a
+cache: a failure is logged and the document is built on demand later.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from pipeline.index.records import WorkItem
 from pipeline.index.schema import PixelState
 from pipeline.storage.blobs import BlobStore
 from pipeline.render.precompute import precompute
+from pipeline.retrieve.metadata import instance_document
+from pipeline.storage.metadata import MetadataStore, open_metadata_store
 from pipeline.storage.pixels import PixelStore, open_pixel_store
 from pipeline.storage.renders import RenderStore, open_render_store
 
@@ -31,7 +39,11 @@ log = logging.getLogger(__name__)
 STAGE = "decode"
 
 #: After this many claims an item whose decode keeps failing unexpectedly
-#: (not bad data: an exception we did not foresee) is marked failed.
+#: (not bad data: an exception we did not foresee) is marked failed. An item
+#: claimed more often than this never returned from a decode at all: its
+#: process died in it (a codec crashing on a hostile frame, killed for memory),
+#: and it is marked failed without decoding it again, so that one instance
+#: cannot take its worker down over and over.
 MAX_ATTEMPTS = 5
 
 
@@ -61,25 +73,39 @@ class DecodeService:
         pixels: PixelStore,
         max_decoded_bytes: int,
         renders: RenderStore | None = None,
+        metadata: MetadataStore | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.pixels = pixels
         self.max_decoded_bytes = max_decoded_bytes
         self.renders = renders
+        self.metadata = metadata
 
     @classmethod
     def from_settings(cls, settings: Settings, index: Index, blobs: BlobStore) -> DecodeService:
         """The service on the pixel store under ``settings``' storage URL."""
         url = settings.resolved_storage_url
         return cls(
-            index, blobs, open_pixel_store(url), settings.max_decoded_bytes, open_render_store(url)
+            index,
+            blobs,
+            open_pixel_store(url),
+            settings.max_decoded_bytes,
+            open_render_store(url),
+            open_metadata_store(url),
         )
 
     def decode(self, item: WorkItem) -> DecodeOutcome:
         """Decode one item and record the outcome (never raises for bad data)."""
+        if item.attempts > MAX_ATTEMPTS:
+            # Every earlier attempt ended without an outcome, the last one
+            # (which records any exception) included: the process died in it.
+            return self._failed(
+                item, f"gave up after {item.attempts - 1} attempts: the decoding process died"
+            )
         try:
             data = self.blobs.get(item.storage_key)
+            self._metadata(item, data)
             decoded = decode_instance(data, self.max_decoded_bytes)
             self.pixels.write(item.storage_key, decoded.frames, decoded.description, decoded.luts)
             self._precompute(item, decoded)
@@ -103,6 +129,15 @@ class DecodeService:
             precompute(self.renders, item.storage_key, decoded.frames, decoded.description, decoded.luts)
         except Exception as exc:  # rendered on demand instead
             log.warning("precomputed renders failed key=%s (%s)", item.storage_key, type(exc).__name__)
+
+    def _metadata(self, item: WorkItem, data: bytes) -> None:
+        """The instance's DICOM JSON document: a cache, so a failure only costs speed later."""
+        if self.metadata is None:
+            return
+        try:
+            self.metadata.put(item.storage_key, instance_document(data))
+        except Exception as exc:  # built on demand by the metadata route instead
+            log.warning("metadata document failed key=%s (%s)", item.storage_key, type(exc).__name__)
 
     def _failed(self, item: WorkItem, reason: str) -> DecodeOutcome:
         log.warning("decode failed key=%s reason=%s", item.storage_key, reason)

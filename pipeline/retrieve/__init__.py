@@ -1,0 +1,1 @@
+"""Retrieve: WADO-RS and DIMSE retrieval of stored instances (transcoding, metadata, frames)."""
