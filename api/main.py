@@ -20,8 +20,9 @@ from api.auth import current_principal
 from api.errors import install_error_handlers
 from api.headers import SecurityHeaders
 from api.routes import archive, auth, health, qido, rendered, stow, users
-from api.routes import registration
 from api.routes import wado
+from api.routes import registration
+from api.routes import devices
 from pipeline import __version__
 from pipeline.config import Settings, get_settings
 from pipeline.runtime import Runtime, open_runtime
@@ -91,8 +92,9 @@ def create_app(
     app.include_router(archive.router)
     app.include_router(rendered.router)
     app.include_router(qido.router)
-    app.include_router(registration.router)
     app.include_router(wado.router)
+    app.include_router(registration.router)
+    app.include_router(devices.router)
 
     @app.get("/api/openapi.json", tags=["meta"], dependencies=[Depends(current_principal)])
     async def openapi_schema() -> dict[str, Any]:

@@ -566,6 +566,178 @@ def audit(
         typer.echo("no audit events match")
 
 
+# -- devices (remote AEs) -------------------------------------------------------
+
+device_app = typer.Typer(
+    help="Remote AEs: where they listen and which DICOM services they may use.",
+    no_args_is_help=True,
+)
+app.add_typer(device_app, name="device")
+
+
+def _device_audit(runtime: Any, action: Any, ae_title: str, change: str) -> None:
+    """Registry changes are audited as the OS user (Security Configuration, CID 401 110129)."""
+    import getpass
+    import socket
+
+    from pipeline.security.audit import AuditEvent, EventID, EventType
+
+    runtime.audit.record(
+        AuditEvent(
+            EventID.SECURITY_ALERT,
+            action,
+            "user",
+            f"os:{getpass.getuser()}",
+            event_type=EventType.SECURITY_CONFIGURATION,
+            source_address=socket.gethostname(),
+            destination="lightbox device",
+            detail={"device": ae_title, "change": change},
+        )
+    )
+
+
+def _device_line(device: Any) -> str:
+    where = f"{device.host}:{device.port}" if device.reachable else (device.host or "-")
+    flags = [f for f, on in (("tls", device.tls), ("inactive", not device.active)) if on]
+    services = ",".join(s for s in _device_services() if s in device.allowed_services) or "-"
+    line = f"{device.ae_title:16} {device.setup.value:16} {where:24} {services}"
+    return f"{line} {' '.join(flags)}".rstrip()
+
+
+def _device_services() -> tuple[str, ...]:
+    from pipeline.devices.registry import SERVICES
+
+    return SERVICES
+
+
+def _device_change(data_dir: Path | None, change: Any) -> Any:
+    """Run ``change(registry, runtime)``; a domain error exits 2 with its reason."""
+    from pipeline.devices.registry import DeviceRegistry
+    from pipeline.errors import LightboxError
+
+    runtime = _accounts(data_dir)
+    try:
+        return change(DeviceRegistry(runtime.index), runtime)
+    except LightboxError as exc:
+        typer.echo(f"lightbox: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+
+
+_SETUP_HELP = (
+    "bi-directional (query/retrieve, commitment, worklist...) or uni-directional (only sends)."
+)
+_SERVICES_HELP = (
+    "Comma-separated services, narrowing the setup's: echo, store, find, move, get, "
+    "commitment, worklist, mpps."
+)
+
+
+@device_app.command("add")
+def device_add(
+    ae_title: Annotated[str, typer.Argument(help="The device's AE title (PS3.5 6.2).")],
+    host: Annotated[str, typer.Option(help="Host name or IP address it listens on.")] = "",
+    port: Annotated[int | None, typer.Option(help="Port it listens on (C-MOVE, reports).")] = None,
+    setup: Annotated[str, typer.Option(help=_SETUP_HELP)] = "bi-directional",
+    services: Annotated[str, typer.Option(help=_SERVICES_HELP)] = "",
+    tls: Annotated[bool, typer.Option("--tls", help="Open TLS associations to it.")] = False,
+    description: Annotated[str, typer.Option(help="Free text (room, vendor).")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Register a device."""
+    from pipeline.security.audit import Action
+
+    def add(registry: Any, runtime: Any) -> Any:
+        device = registry.add(ae_title, host=host, port=port, setup=setup, services=services,
+                              tls=tls, description=description)  # fmt: skip
+        _device_audit(runtime, Action.CREATE, device.ae_title, f"added ({device.setup.value})")
+        return device
+
+    typer.echo(_device_line(_device_change(data_dir, add)))
+
+
+@device_app.command("list")
+def device_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per device.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List the devices: AE title, setup, address, the services it may use."""
+    devices = _device_change(data_dir, lambda registry, runtime: registry.list())
+    for d in devices:
+        if as_json:
+            services = _device_services()
+            typer.echo(json.dumps({
+                "ae_title": d.ae_title, "host": d.host, "port": d.port, "setup": d.setup.value,
+                "services": [s for s in services if s in d.services],
+                "allowed_services": [s for s in services if s in d.allowed_services],
+                "tls": d.tls, "description": d.description, "active": d.active,
+            }))  # fmt: skip
+        else:
+            typer.echo(_device_line(d))
+    if not devices and not as_json:
+        typer.echo("no devices registered")
+
+
+@device_app.command("update")
+def device_update(
+    ae_title: str,
+    host: Annotated[str | None, typer.Option(help="New host.")] = None,
+    port: Annotated[int | None, typer.Option(help="New port.")] = None,
+    no_port: Annotated[bool, typer.Option("--no-port", help="Forget the port.")] = False,
+    setup: Annotated[str | None, typer.Option(help="bi-directional or uni-directional.")] = None,
+    services: Annotated[
+        str | None, typer.Option(help="Comma-separated services; '' for those of the setup.")
+    ] = None,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="TLS associations.")] = None,
+    description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    active: Annotated[
+        bool | None, typer.Option("--active/--inactive", help="An inactive device may use nothing.")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Change some fields of a device."""
+    from pipeline.security.audit import Action
+
+    given = {
+        "host": host,
+        "port": port,
+        "setup": setup,
+        "services": services,
+        "tls": tls,
+        "description": description,
+        "active": active,
+    }
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if no_port:
+        changes["port"] = None
+    if not changes:
+        typer.echo("lightbox: nothing to change", err=True)
+        raise typer.Exit(2)
+
+    def update(registry: Any, runtime: Any) -> Any:
+        device = registry.update(ae_title, **changes)
+        change = "updated " + ", ".join(sorted(changes))
+        _device_audit(runtime, Action.UPDATE, device.ae_title, change)
+        return device
+
+    typer.echo(_device_line(_device_change(data_dir, update)))
+
+
+@device_app.command("remove")
+def device_remove(ae_title: str, data_dir: DataDir = None) -> None:
+    """Remove a device (its AE may still associate if the allow-list admits it)."""
+    from pipeline.security.audit import Action
+
+    def remove(registry: Any, runtime: Any) -> str:
+        title = registry.get(ae_title).ae_title
+        registry.remove(title)
+        _device_audit(runtime, Action.DELETE, title, "removed")
+        return str(title)
+
+    typer.echo(f"removed {_device_change(data_dir, remove)}")
+
+
 def main() -> None:
     app()
 

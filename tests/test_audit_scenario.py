@@ -1,12 +1,15 @@
 """The audit trail of one scenario, across DICOM and HTTP, read back with ``lightbox audit``.
 
-A modality stores a study with dcmtk's storescu (C-STORE), a technologist
-stores another over STOW-RS, someone fails to log in, a radiologist logs in
-and views the images (rendered, thumbnail, instance record), an intruder AE is
-refused. The trail must list every event with who (user or AE), the patient,
-the study, the source address and the time; ``lightbox audit`` must print
-them and record its own use. (Query, retrieve and export are the next
-issue's services: they record through the same ``AuditTrail``.)
+A modality stores a study with dcmtk's storescu (C-STORE), an intruder AE is
+refused, a workstation queries it (findscu), retrieves it (getscu) and
+exports it to another registered device (movescu to a storescp), a
+technologist stores another over STOW-RS, someone fails to log in, a
+radiologist logs in, views the images (rendered, thumbnail, instance record)
+and downloads the study over WADO-RS. The DICOM server is the one the ingest
+actors run (:func:`pipeline.ingest.actors.build_dicom_server`). The trail must
+list every event with who (user or AE), the patient, the study, the source
+address and the time; ``lightbox audit`` must print them and record its own
+use.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import dataclasses
 import subprocess
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -27,18 +32,25 @@ from api.main import create_app
 from pipeline.cli import app as cli
 from pipeline.config import Settings
 from pipeline.decode.service import DecodeService
-from pipeline.ingest.scp import DicomIngestServer
+from pipeline.devices.registry import DeviceRegistry
+from pipeline.ingest.actors import build_dicom_server
 from pipeline.runtime import Runtime
 from pipeline.security.roles import Role
 from tests.api.conftest import CONTENT_TYPE, api_key_for, bearer, multipart_body
 from tests.conftest import require_tool
 from tests.corpus import SERIES
+from tests.pipeline.retrieve.test_scp import storescp  # noqa: F401 - a fixture
 
 PASSWORD = "radiology rocks 42"
 
 
 def test_every_event_of_a_scenario_is_on_record(
-    settings: Settings, runtime: Runtime, dicom_data: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    runtime: Runtime,
+    dicom_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    storescp: Callable[..., tuple[Path, int]],  # noqa: F811 - the fixture imported above
 ) -> None:
     began = datetime.now(timezone.utc)
     ct = sorted((dicom_data / SERIES["ct"]).iterdir())[:3]
@@ -46,9 +58,12 @@ def test_every_event_of_a_scenario_is_on_record(
     ct_header = pydicom.dcmread(ct[0], stop_before_pixels=True)
     cr_header = pydicom.dcmread(cr, stop_before_pixels=True)
 
-    # 1. A modality sends three CT slices; an unknown AE is refused.
-    scp_settings = settings.model_copy(update={"allowed_calling_aes": ["CT_ROOM_2"]})
-    server = DicomIngestServer(scp_settings, runtime.ingest, runtime.audit).start()
+    # 1. A modality sends three CT slices; an unknown AE is refused; a
+    #    workstation queries, retrieves and exports the study to DEST.
+    scp_settings = settings.model_copy(update={"allowed_calling_aes": ["CT_ROOM_2", "WS_1"]})
+    received, dest_port = storescp("DEST")
+    DeviceRegistry(runtime.index).add("DEST", host="127.0.0.1", port=dest_port)
+    server = build_dicom_server(dataclasses.replace(runtime, settings=scp_settings)).start()
     try:
         env = {**os.environ, "TCP_NODELAY": "1"}
         storescu = require_tool("storescu")
@@ -59,6 +74,19 @@ def test_every_event_of_a_scenario_is_on_record(
         refused = subprocess.run([storescu, "-aet", "INTRUDER", "-aec", settings.ae_title,
                                   *address, str(ct[0])], env=env, capture_output=True, timeout=120)  # fmt: skip
         assert refused.returncode != 0
+        study_keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ct_header.StudyInstanceUID}"]
+        workstation = ["-S", "-aet", "WS_1", "-aec", settings.ae_title]
+        found = subprocess.run([require_tool("findscu"), *workstation, *address, "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"PatientID={ct_header.PatientID}", "-k", "StudyInstanceUID"],
+                               env=env, capture_output=True, timeout=120)  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        got = subprocess.run([require_tool("getscu"), *workstation, *study_keys, "-od", str(tmp_path), *address],
+                             env=env, capture_output=True, timeout=120)  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        moved = subprocess.run([require_tool("movescu"), *workstation, "-aem", "DEST", *study_keys, *address],
+                               env=env, capture_output=True, timeout=120)  # fmt: skip
+        assert moved.returncode == 0, moved.stderr
+        assert len(list(received.iterdir())) == 3
     finally:
         server.stop()  # ends the associations: their transfers are recorded
 
@@ -82,6 +110,10 @@ def test_every_event_of_a_scenario_is_on_record(
             assert browser.get(f"{base}/instances/{uid}/rendered").status_code == 200
         assert browser.get(f"/dicom-web/studies/{cr_header.StudyInstanceUID}/thumbnail").status_code == 200
         assert browser.get(f"/api/instances/{cr_header.SOPInstanceUID}").status_code == 200
+        # A whole study downloaded over WADO-RS, as stored.
+        download = browser.get(f"/dicom-web/studies/{cr_header.StudyInstanceUID}",
+                               headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})  # fmt: skip
+        assert download.status_code == 200 and cr.read_bytes()[-256:] in download.content
 
     # 4. The trail, read with the command line.
     runtime.audit.flush()
@@ -110,6 +142,17 @@ def test_every_event_of_a_scenario_is_on_record(
         ("110103", "R", 0, "user", "dr-house", cr_header.PatientID, cr_study),
     }
     assert expected <= seen, expected - seen
+    # The workstation's query (Query, execute) and its retrieve and export
+    # (DICOM Instances Transferred, read: the archive is the source), each
+    # with the study's patient; the export names its destination.
+    queries = [e for e in events if e["event_id"] == "110112" and e["actor"] == "WS_1"]
+    assert queries and queries[0]["outcome"] == 0 and queries[0]["detail"]["matches"] == 1
+    sent_out = {(e["detail"]["operation"], e["destination"]): e for e in events
+                if e["event_id"] == "110104" and e["action"] == "R" and e["actor"] == "WS_1"}  # fmt: skip
+    assert set(sent_out) == {("C-GET", "WS_1"), ("C-MOVE", "DEST")}, set(sent_out)
+    for event in sent_out.values():
+        assert (event["patient_id"], event["study_instance_uid"]) == (ct_header.PatientID, ct_study)
+        assert event["detail"]["instances"] == 3 and event["source_address"] == "127.0.0.1"
     for event in events:
         assert datetime.fromisoformat(event["event_time"]) >= began.replace(microsecond=0)
     stored = next(e for e in events if e["actor"] == "CT_ROOM_2")

@@ -13,11 +13,58 @@ import os
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.ingest.scp import DicomIngestServer
+from pipeline.ingest.scp import DicomIngestServer, DicomService
 from pipeline.logs import configure_logging
-from pipeline.runtime import open_runtime
+from pipeline.runtime import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
+
+
+def dicom_services(runtime: Runtime) -> list[DicomService]:
+    """The DIMSE services beside Verification and Storage, on one runtime's stores.
+
+    Query/Retrieve FIND (Patient and Study Root, PS3.4 C.4.1), MOVE and GET
+    (C.4.2, C.4.3), Storage Commitment Push Model (J.3), Modality Worklist
+    FIND (K) and MPPS (F). Imported here so that a process that never serves
+    DICOM does not load them.
+
+    pynetdicom keeps one ``EVT_C_FIND`` handler per server: the worklist SCP
+    comes after the Query/Retrieve one and hands it every C-FIND that is not
+    a worklist query (``other_find``), so its handler is the one installed.
+    """
+    from pipeline.query.scp import QueryRetrieveFindSCP
+    from pipeline.query.service import QueryService
+    from pipeline.retrieve.commitment import commitment_service
+    from pipeline.retrieve.scp import retrieve_services
+    from pipeline.worklist.services import worklist_services
+
+    settings = runtime.settings
+    find = QueryRetrieveFindSCP(QueryService(runtime.index), runtime.audit, settings.ae_title)
+    return [
+        find,
+        *retrieve_services(runtime.index, runtime.blobs, runtime.audit, settings),
+        commitment_service(runtime.index, runtime.audit, settings),
+        *worklist_services(
+            runtime.index, runtime.audit, settings.ae_title, other_find=find.handle_find
+        ),
+    ]
+
+
+def build_dicom_server(runtime: Runtime) -> DicomIngestServer:
+    """The DICOM server of an ingest actor: every service, behind the device policy.
+
+    A calling AE in the device registry gets only the services it is
+    granted (:class:`~pipeline.devices.policy.DevicePolicy`); any other AE is
+    admitted or refused by the calling-AE allow-list, as before.
+    """
+    from pipeline.devices.policy import DevicePolicy
+    from pipeline.devices.registry import DeviceRegistry
+
+    settings = runtime.settings
+    policy = DevicePolicy(DeviceRegistry(runtime.index), runtime.audit, settings.ae_title)
+    return DicomIngestServer(
+        settings, runtime.ingest, runtime.audit, services=dicom_services(runtime), policy=policy
+    )
 
 
 class IngestWorker:
@@ -27,13 +74,17 @@ class IngestWorker:
         settings = Settings.model_validate_json(settings_json)
         configure_logging(settings.log_level)
         self.runtime = open_runtime(settings)
-        self.server = DicomIngestServer(settings, self.runtime.ingest, self.runtime.audit).start()
+        self.server = build_dicom_server(self.runtime).start()
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "port": self.server.port}
 
     def stats(self) -> dict[str, int]:
-        return {"pid": os.getpid(), "stored": self.server.scp.stored, "failed": self.server.scp.failed}
+        return {
+            "pid": os.getpid(),
+            "stored": self.server.scp.stored,
+            "failed": self.server.scp.failed,
+        }
 
     def stop(self) -> None:
         self.server.stop()

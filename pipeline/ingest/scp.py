@@ -460,6 +460,24 @@ def storage_contexts(
     return contexts
 
 
+def merge_contexts(
+    contexts: Iterable[PresentationContext],
+) -> dict[str, tuple[list[str], bool | None, bool | None]]:
+    """Abstract syntax -> (transfer syntaxes, SCU role, SCP role), over every service.
+
+    Two services may offer the same abstract syntax (Storage, and C-GET's
+    storage sub-operations with the SCP/SCU roles of PS3.7 D.3.3.4): the
+    syntaxes are joined in order and a role accepted by one is accepted.
+    """
+    merged: dict[str, tuple[list[str], bool | None, bool | None]] = {}
+    for cx in contexts:
+        uid = str(cx.abstract_syntax)
+        syntaxes, scu, scp = merged.get(uid, ([], None, None))
+        syntaxes += [str(ts) for ts in cx.transfer_syntax if str(ts) not in syntaxes]
+        merged[uid] = (syntaxes, scu or cx.scu_role, scp or cx.scp_role)
+    return merged
+
+
 _ACCEPTED = frozenset(ACCEPTED_TRANSFER_SYNTAXES)
 
 
@@ -483,6 +501,10 @@ def prefer_requestor_order(event: evt.Event) -> None:
             ordered = PresentationContext()
             ordered.abstract_syntax = cx.abstract_syntax
             ordered.transfer_syntax = preferred[cx.abstract_syntax]
+            # The roles a service offers (C-GET's storage sub-operations,
+            # PS3.7 D.3.3.4) stay: without them the role selection is refused.
+            ordered.scu_role = cx.scu_role
+            ordered.scp_role = cx.scp_role
             contexts.append(ordered)
     if contexts:
         acceptor.supported_contexts = contexts
@@ -503,6 +525,12 @@ class DicomService(Protocol):
     def handlers(self) -> list[tuple[Any, Callable[..., Any]]]: ...
 
 
+class HandlerGuard(Protocol):
+    """Wraps an event handler with a per-request check (``DevicePolicy``)."""
+
+    def guard(self, event_type: Any, handler: Callable[..., Any]) -> Callable[..., Any]: ...
+
+
 class DicomIngestServer:
     """A pynetdicom AE serving Verification and Storage on ``settings.dicom_port``.
 
@@ -519,6 +547,13 @@ class DicomIngestServer:
         Where received datasets go.
     audit
         The audit trail of this process (``Runtime.audit``).
+    services
+        Further DIMSE services on the same port (C-FIND, C-MOVE, C-GET,
+        Storage Commitment...).
+    policy
+        Checks each request of a registered calling AE against the services
+        it is granted (the device registry); None checks nothing beyond the
+        admission at association time.
 
     Raises
     ------
@@ -534,6 +569,7 @@ class DicomIngestServer:
         service: IngestService,
         audit: AuditTrail,
         services: Sequence[DicomService] = (),
+        policy: HandlerGuard | None = None,
     ) -> None:
         self.settings = settings
         self.services = list(services)
@@ -559,6 +595,11 @@ class DicomIngestServer:
         # pynetdicom's standard DIMSE/PDU log handlers print dataset contents
         # at DEBUG, which can be PHI: switch them off.
         _config.LOG_HANDLER_LEVEL = "none"
+        # pynetdicom logs C-FIND/C-MOVE/C-GET Identifiers (requests, and the
+        # responses an SCU in this process gets) at INFO, with Patient IDs
+        # and names: PHI, never logged.
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
         # pydicom validates every value pynetdicom reads or writes in the
         # command sets (~25 per C-STORE): it costs ~10% of the CPU per
         # instance and only ever warns. Datasets are checked by our parser.
@@ -575,7 +616,11 @@ class DicomIngestServer:
         # checks titles with their addresses (an empty list: no check here).
         ae.require_calling_aet = []
         extra_contexts = [cx for service_ in self.services for cx in service_.contexts()]
-        ae.supported_contexts = storage_contexts() + extra_contexts
+        for uid, (syntaxes, scu_role, scp_role) in merge_contexts(
+            storage_contexts() + extra_contexts
+        ).items():
+            # Not ``ae.supported_contexts = ...``: that setter drops the roles.
+            ae.add_supported_context(uid, syntaxes, scu_role=scu_role, scp_role=scp_role)
         self.ae = ae
         # Orthanc's "UnknownSopClassAccepted": pynetdicom's switch is per
         # process, and one process runs one ingest server.
@@ -591,6 +636,8 @@ class DicomIngestServer:
         ]
         for service_ in self.services:
             handlers.extend(service_.handlers())
+        if policy is not None:
+            handlers = [(event, policy.guard(event, handler)) for event, handler in handlers]
         self.server = ae.make_server(
             (settings.dicom_host, settings.dicom_port),
             ssl_context=ssl_context,

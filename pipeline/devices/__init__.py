@@ -1,0 +1,1 @@
+"""Remote application entities (devices): who may do what over DIMSE, and where they listen."""
