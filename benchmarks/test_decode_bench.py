@@ -13,7 +13,7 @@
   (300x512x512 int16, one chunk per frame), of one slice (the per-instance
   write of the decode stage) and of the mammogram (512x512
   tiles and three downsampled levels), on a local temporary folder: Blosc
-  zstd, every file fsynced, the group renamed into place.
+  LZ4, every file fsynced, the group renamed into place.
 * ``zarr read``: :meth:`ZarrPixelStore.read_frame` of one CT slice and
   :meth:`ZarrPixelStore.read_region` of one 512x512 tile of the mammogram's
   level 0 (aligned on the chunk grid: one chunk; and half a tile off: four

@@ -24,10 +24,16 @@ folder. The group of an instance is named after its blob's storage key::
 * Chunks: one frame per chunk, ``(1, rows, columns[, samples])``; a frame
   larger than 1024 in either dimension is tiled ``(1, 512, 512[, samples])``,
   so a viewport of a large image (WSI, mammography) reads only its tiles.
-* Compression: lossless Blosc with zstd level 1 and byte shuffle. On 512x512
-  int16 CT-like frames it writes as fast as plain zstd level 1 and reads
-  faster, and compresses about 4.2:1 against zstd's 3.5:1 (shuffle groups the
-  high bytes of the 16-bit values, which are mostly alike).
+* Compression: lossless Blosc with LZ4 level 5 and byte shuffle (shuffle
+  groups the high bytes of the 16-bit values, which are mostly alike). The
+  store is on the hot path of every on-demand render, frame and tile; it is a
+  derived cache (the original instance is kept), so read speed wins over
+  size. Measured on the corpus' CT, MR and mammogram frames (2 cores):
+  LZ4 decodes 2.5-4.6 times faster than zstd level 1 (2.4-4.2 GB/s against
+  0.6-1.5; 0.04 ms against 0.42 for a 512x512 CT frame) and encodes ~4.5
+  times faster in the decode stage, for a ratio of 2.1 against 2.6 (CT), 2.2
+  against 3.1 (MR) and 1.7 against 1.8 (mammogram). Stores written with zstd
+  by earlier versions read as before: Blosc names its codec in each chunk.
 * Levels ``1``, ``2``, ...: when a frame is larger than 2048 in either
   dimension, each level halves the previous one (2x2 mean, rounded, edge
   rows/columns repeated for odd sizes) until it fits in 1024x1024. Same dtype
@@ -581,7 +587,8 @@ def _write_levels(group: zarr.Group, frames: np.ndarray) -> None:
 
 
 #: Lossless, as the module docstring says (the local writer encodes the same).
-_COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle)
+#: See "Compression" in the module docstring; _write_array_local writes the same.
+_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
 
 
 def _write_group(
@@ -653,8 +660,8 @@ def _write_array_files(
                 "name": "blosc",
                 "configuration": {
                     "typesize": itemsize,
-                    "cname": "zstd",
-                    "clevel": 1,
+                    "cname": _COMPRESSOR.cname.value,
+                    "clevel": _COMPRESSOR.clevel,
                     "shuffle": "shuffle",
                     "blocksize": 0,
                 },
@@ -669,7 +676,9 @@ def _write_array_files(
         document["dimension_names"] = list(names)
     folder.mkdir()
     _write_json(folder / "zarr.json", document)
-    blosc = Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE, blocksize=0)
+    blosc = Blosc(
+        cname=_COMPRESSOR.cname.value, clevel=_COMPRESSOR.clevel, shuffle=Blosc.SHUFFLE, blocksize=0
+    )
     grid = [range(0, size, step) for size, step in zip(data.shape, chunks)]
     for origin in itertools.product(*grid):
         chunk = data[tuple(slice(o, o + c) for o, c in zip(origin, chunks))]
