@@ -1,10 +1,13 @@
 """C-MOVE and C-GET SCPs: Query/Retrieve MOVE and GET, Patient Root and Study Root.
 
-Protocol adapters in the sense of ``ARCHITECTURE.md``: each handler checks
-the calling AE against the device registry, turns the Identifier into a list
+Protocol adapters in the sense of ``ARCHITECTURE.md``: each handler turns
+the Identifier into a list
 of stored instances (:class:`~pipeline.retrieve.service.RetrieveService`)
 and drives pynetdicom's generator protocol; the sub-operations send the
-stored bytes (:mod:`pipeline.retrieve.send`).
+stored bytes (:mod:`pipeline.retrieve.send`). Whether a calling AE may move
+or get at all is decided before the handler runs, by the device policy of the
+running server (:mod:`pipeline.devices.policy`: 0124H for C-GET, A801 for
+C-MOVE).
 
 C-MOVE (PS3.4 C.4.2): the destination is a registered, active,
 bi-directional device with host and port; the sub-association to it is
@@ -18,16 +21,14 @@ Statuses (PS3.4 C.4.2.1.4, C.4.3.1.4; PS3.7 C): Pending FF00 after each
 sub-operation, then Success 0000, Warning B000 (some failed; Failed SOP
 Instance UID List), Failure A702 (all failed), Cancel FE00. Refusals:
 
-* C-MOVE: an unknown, inactive or receive-less destination, and a calling
-  AE the registry refuses, get A801. pynetdicom's protocol allows no other
+* C-MOVE: an unknown, inactive or receive-less destination gets A801. pynetdicom's protocol allows no other
   status before it opens the sub-association (its first yield is the
   destination, and ``(None, None)`` is its only way out), and opening an
   association to the destination for a request we refuse is worse than a
   status that names the wrong reason; the audit trail and the log give the
   real one. A malformed Identifier raises, which pynetdicom answers with
   C514 (Failed: Unable to process, a Cxxx status of Table C.4-2).
-* C-GET: a refused calling AE gets 0124 (Refused: Not Authorized, PS3.7
-  C.5.18), a malformed Identifier A900 (Identifier does not match SOP
+* C-GET: a malformed Identifier A900 (Identifier does not match SOP
   Class), an unreadable index A701. pynetdicom's protocol asks for the
   number of sub-operations first: these answers report one failed.
 
@@ -89,8 +90,6 @@ GET_MODELS: dict[str, QueryModel] = {
 
 PENDING = 0xFF00
 CANCEL = 0xFE00
-#: PS3.7 C.5.18 Refused: Not Authorized.
-NOT_AUTHORIZED = 0x0124
 #: PS3.4 Table C.4-3 Refused: Out of Resources - Unable to calculate number of matches.
 OUT_OF_RESOURCES_MATCHES = 0xA701
 
@@ -136,7 +135,6 @@ class _RetrieveSCP:
     """
 
     operation = ""
-    service = ""
 
     def __init__(
         self,
@@ -149,13 +147,6 @@ class _RetrieveSCP:
         self.devices = devices
         self.audit = audit
         self.settings = settings
-
-    def _caller_refusal(self, calling_ae: str) -> str | None:
-        """Why the registry refuses this calling AE, or None (unknown AEs pass here)."""
-        services = self.devices.services_for(calling_ae)
-        if services is None or self.service in services:
-            return None
-        return f"calling AE may not use {self.service}"
 
     def _refused(self, calling_ae: str, address: str, reason: str, **detail: object) -> None:
         log.warning(
@@ -244,7 +235,6 @@ class MoveSCP(_RetrieveSCP):
     """C-MOVE SCP (PS3.4 C.4.2): Patient Root and Study Root, every level."""
 
     operation = "C-MOVE"
-    service = "move"
 
     def contexts(self) -> list[PresentationContext]:
         return [_context(uid, QR_SYNTAXES) for uid in MOVE_MODELS]
@@ -269,8 +259,9 @@ class MoveSCP(_RetrieveSCP):
         """EVT_C_MOVE: destination, number of sub-operations, then statuses."""
         calling_ae, address = _peer(event)
         destination_ae = str(event.move_destination or "").strip()
-        refusal = self._caller_refusal(calling_ae)
-        device, why = (None, refusal) if refusal else self.destination(destination_ae)
+        # Whether the calling AE may move at all is the device policy's
+        # question (pipeline.devices.policy), asked before this handler runs.
+        device, why = self.destination(destination_ae)
         if device is None:
             self._refused(calling_ae, address, why, move_destination=destination_ae)
             yield None, None  # pynetdicom: A801 Refused: Move Destination unknown
@@ -306,7 +297,6 @@ class GetSCP(_RetrieveSCP):
     """C-GET SCP (PS3.4 C.4.3): Patient Root and Study Root, every level."""
 
     operation = "C-GET"
-    service = "get"
 
     def contexts(self) -> list[PresentationContext]:
         """The GET models, and every storage SOP class with both roles acceptable.
@@ -328,12 +318,6 @@ class GetSCP(_RetrieveSCP):
     def handle_get(self, event: evt.Event) -> Iterator[Any]:
         """EVT_C_GET: number of sub-operations, then statuses."""
         calling_ae, address = _peer(event)
-        refusal = self._caller_refusal(calling_ae)
-        if refusal:
-            self._refused(calling_ae, address, refusal)
-            yield 1
-            yield _status(NOT_AUTHORIZED, refusal), None
-            return
         model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
         try:
             items = self.retrieve.resolve(event.identifier, model)

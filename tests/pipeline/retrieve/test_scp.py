@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (
 )
 
 from pipeline.config import Settings
+from pipeline.devices.policy import DevicePolicy
 from pipeline.devices.registry import DeviceRegistry
 from pipeline.index.records import Provenance
 from pipeline.ingest.part10 import split_part10
@@ -65,8 +66,11 @@ def originals(runtime: Runtime, dicom_data: Path) -> dict[str, bytes]:
 @pytest.fixture
 def server(runtime: Runtime, settings: Settings) -> Iterator[DicomIngestServer]:
     services = retrieve_services(runtime.index, runtime.blobs, runtime.audit, settings)
-    srv = DicomIngestServer(settings, runtime.ingest, runtime.audit, services=services).start()
-    yield srv
+    # The device policy decides which calling AEs may move or get, as in the
+    # running server (pipeline.ingest.actors.build_dicom_server).
+    policy = DevicePolicy(DeviceRegistry(runtime.index), runtime.audit, settings.ae_title)
+    srv = DicomIngestServer(settings, runtime.ingest, runtime.audit, services=services, policy=policy)
+    yield srv.start()
     srv.stop()
 
 
