@@ -126,7 +126,7 @@ class _RetrieveSCP:
     retrieve
         Resolves Identifiers and reads stored blobs.
     devices
-        Which calling AEs may retrieve, and where move destinations listen.
+        Where move destinations listen.
     audit
         The audit trail (``Runtime.audit``).
     settings
