@@ -128,6 +128,16 @@ class Settings(BaseSettings):
         "{date:%Y%m%d}{counter:04d}",
         description="Accession numbers the registration generates: {date} and {counter}.",
     )
+    # -- HL7 v2 intake (MLLP) -------------------------------------------------
+    hl7_host: str = Field(
+        "127.0.0.1", description="Address the HL7 MLLP listener listens on (no authentication)."
+    )
+    hl7_port: int = Field(
+        2575, ge=0, le=65535, description="HL7 MLLP port (2575, IANA 'hl7'); 0 disables it."
+    )
+    hl7_max_message_bytes: int = Field(
+        1024**2, ge=1024, description="Largest HL7 message read; a longer one is answered AR."
+    )
     # -- security: audit trail ------------------------------------------------
     audit_syslog_url: str | None = Field(
         None, description="IHE ATNA audit repository: udp://, tcp:// or tls://host:port."

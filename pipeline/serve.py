@@ -22,6 +22,9 @@ from pipeline.storage.pixels import open_pixel_store
 if TYPE_CHECKING:
     import uvicorn
 
+    from pipeline.security.audit import AuditTrail
+    from pipeline.worklist.mllp import MLLPServer
+
 log = logging.getLogger(__name__)
 
 
@@ -167,6 +170,55 @@ def ensure_first_administrator(settings: Settings) -> None:
     )
 
 
+class HL7Listener:
+    """The HL7 MLLP listener of ``lightbox serve`` with the index and audit trail it owns."""
+
+    def __init__(self, server: MLLPServer, index: SqlIndex, audit: AuditTrail) -> None:
+        self.server = server
+        self.index = index
+        self.audit = audit
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.audit.close()  # writes what is queued
+        self.index.close()
+
+
+def start_hl7(settings: Settings) -> HL7Listener | None:
+    """Start the HL7 v2 MLLP listener on ``hl7_host:hl7_port`` (None when the port is 0).
+
+    A thread of this process: a message is a few small transactions, far
+    from the load that puts DICOM ingest in Ray actors. Its own index
+    connection pool and audit trail: it shares nothing with uvicorn's.
+    """
+    if not settings.hl7_port:
+        return None
+    from pipeline.security.audit import AuditTrail
+    from pipeline.worklist.hl7 import HL7Intake
+    from pipeline.worklist.mllp import MLLPServer
+    from pipeline.worklist.registration import RegistrationService
+
+    index = SqlIndex(settings.resolved_index_url)
+    audit = AuditTrail.from_settings(settings, index)
+    intake = HL7Intake(
+        RegistrationService(index, settings.accession_format), audit, application=settings.ae_title
+    )
+    try:
+        server = MLLPServer(
+            intake.handle,
+            intake.reject_oversize,
+            settings.hl7_host,
+            settings.hl7_port,
+            max_message_bytes=settings.hl7_max_message_bytes,
+            idle_timeout=settings.network_timeout * 5,
+        )
+    except OSError as exc:
+        audit.close()
+        index.close()
+        raise SystemExit(f"lightbox: cannot use HL7 port {settings.hl7_port}: {exc.strerror}") from None
+    return HL7Listener(server.start(), index, audit)
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: Ray ingest and decode actors, HTTP in this process."""
     import ray
@@ -180,6 +232,7 @@ def serve(settings: Settings) -> None:
     # and would otherwise be free to take ours first.
     http_socket = listening_socket(settings.http_host, settings.http_port)
     dicom_placeholder = reserve_port(settings.dicom_host, settings.dicom_port)
+    hl7 = start_hl7(settings)  # takes its port before Ray too
     start_ray(settings)
     try:
         actors = start_ingest(settings)
@@ -207,6 +260,8 @@ def serve(settings: Settings) -> None:
     # uvicorn installs its own signal handlers while it runs; it stops on
     # SIGINT/SIGTERM and we then stop the actors.
     server.run(sockets=[http_socket])
+    if hl7 is not None:
+        hl7.stop()
     dispatcher.stop()
     dispatch_thread.join(timeout=30)
     dispatch_index.close()

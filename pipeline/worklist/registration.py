@@ -205,6 +205,95 @@ class RegistrationService:
         log.info("patient updated pk=%d fields=%s", pk, ",".join(sorted(changed)))
         return Registered(patient, warnings)
 
+    def merge_patients(self, surviving: int, prior: int, *, actor: str) -> Patient:
+        """Merge the patient ``prior`` into ``surviving`` (HL7 v2.5 3.3.40, ADT^A40).
+
+        In one transaction: every order of ``prior`` moves to ``surviving``
+        (an ``order`` history row each, action ``merge``), and the ``prior``
+        record ends: its row is deleted, its last fields kept in a ``merge``
+        history row that names the survivor, so that its identifier no longer
+        finds a patient (after A40 the prior identifier is not to be used)
+        while who it was stays on record. The survivor gets a ``merge`` row
+        naming the prior too. Its demographics are left as they are.
+
+        Raises
+        ------
+        NotFound
+            Either patient is not registered.
+        InvalidRequest
+            ``surviving`` and ``prior`` are the same patient.
+        """
+        if surviving == prior:
+            raise InvalidRequest("a patient is not merged into itself")
+        fields = (
+            "patient_id",
+            "issuer_of_patient_id",
+            "patient_name",
+            "patient_birth_date",
+            "patient_sex",
+        )
+        now = _now()
+        with self.index.write_transaction() as conn:
+            survivor_row = self._patient_row(conn, surviving)
+            prior_row = self._patient_row(conn, prior)
+            moved = (
+                conn.execute(
+                    select(orders.c.pk).where(orders.c.patient_pk == prior).order_by(orders.c.pk)
+                )
+                .scalars()
+                .all()
+            )
+            if moved:
+                conn.execute(
+                    update(orders)
+                    .where(orders.c.patient_pk == prior)
+                    .values(patient_pk=surviving, updated_at=now)
+                )
+            for order_pk in moved:
+                record_change(
+                    conn,
+                    actor,
+                    "order",
+                    order_pk,
+                    "merge",
+                    {"patient_pk": prior},
+                    {"patient_pk": surviving},
+                )
+            record_change(
+                conn,
+                actor,
+                "patient",
+                prior,
+                "merge",
+                {k: getattr(prior_row, k) for k in fields},
+                {"merged_into": surviving},
+            )
+            conn.execute(
+                registered_patients.delete().where(registered_patients.c.pk == prior)
+            )
+            record_change(
+                conn,
+                actor,
+                "patient",
+                surviving,
+                "merge",
+                None,
+                {
+                    "merged_from": prior,
+                    "prior_patient_id": prior_row.patient_id,
+                    "prior_issuer_of_patient_id": prior_row.issuer_of_patient_id,
+                    "orders": list(moved),
+                },
+            )
+            conn.execute(
+                update(registered_patients)
+                .where(registered_patients.c.pk == surviving)
+                .values(updated_at=now)
+            )
+            patient = patient_from_row(self._patient_row(conn, survivor_row.pk))
+        log.info("patients merged into pk=%d from pk=%d orders=%d", surviving, prior, len(moved))
+        return patient
+
     def get_patient(self, pk: int) -> Patient:
         """The registered patient ``pk``; :class:`NotFound` if there is none."""
         with self.index.engine.connect() as conn:
