@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ from pydicom.uid import generate_uid
 
 from benchmarks.datasets import write_ct_series
 from benchmarks.ingest_compare import Lightbox, Server, tool
-from benchmarks.render_compare import OrthancWeb, fmt, run_wrk, session_cpu, store, uids
+from benchmarks.render_compare import OrthancWeb, failed, finish, fmt, measure, store, uids
 
 ACCEPT = "application/dicom+json"
 
@@ -194,18 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                 order = servers if step % 2 == 0 else servers[::-1]
                 step += 1
                 for s in order:
-                    cpu0 = session_cpu(s)
-                    figures = run_wrk(base[s.name], case["paths"], ACCEPT, clients, args.seconds,
-                                      root / "wrk.lua", auth[s.name])
-                    n = figures["requests"] or 0
-                    figures.update(case=case["name"], server=s.name, clients=clients,
-                                   cpu_ms_per_req=(session_cpu(s) - cpu0) * 1e3 / n if n else None)
-                    if figures["non_2xx"] or figures["socket_errors"]:
-                        code = 1
+                    figures = measure(s, base[s.name], {**case, "accept": ACCEPT}, clients,
+                                      args.seconds, root / "wrk.lua", auth[s.name])  # fmt: skip
+                    code = 1 if failed(figures) else code
                     result["runs"].append(figures)
-                    print(f"  {case['name']:<32} c={clients:<3} {s.name:<8} "
-                          f"{figures['req_per_s']:8.1f} req/s p50 {fmt(figures['p50_ms'], '.2f')} ms"
-                          f" p99 {fmt(figures['p99_ms'], '.2f')} ms", flush=True)
         if args.large:
             result["large"] = large_index_runs(args, root)
         print_table(result["runs"] + result.get("large", []))
@@ -214,16 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {result['error']}", file=sys.stderr)
         code = 130 if isinstance(exc, KeyboardInterrupt) else 1
     finally:
-        for s in servers:
-            try:
-                s.stop()
-            except Exception as exc:  # noqa: BLE001 - stop the other one regardless
-                print(f"stopping {s.name}: {exc}", file=sys.stderr)
-        result["elapsed_s"] = time.time() - started
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2, default=str))
-        shutil.rmtree(root, ignore_errors=True)
-        print(f"elapsed {result['elapsed_s']:.0f} s")
+        finish(servers, result, started, root, args.out)
     return code
 
 
@@ -253,12 +235,8 @@ def large_index_runs(args: argparse.Namespace, root: Path) -> list[dict[str, Any
         for name, paths in searches:
             print(f"probe {name:<32} matches {matches(base + paths[0], headers)}", flush=True)
             for clients in args.clients:
-                figures = run_wrk(base, paths, ACCEPT, clients, args.seconds, root / "wrk.lua", headers)
-                figures.update(case=name, server="lightbox", clients=clients, cpu_ms_per_req=None)
-                runs.append(figures)
-                print(f"  {name:<32} c={clients:<3} lightbox {figures['req_per_s']:8.1f} req/s"
-                      f" p50 {fmt(figures['p50_ms'], '.2f')} ms p99 {fmt(figures['p99_ms'], '.2f')} ms",
-                      flush=True)
+                case = {"name": name, "paths": paths, "accept": ACCEPT}
+                runs.append(measure(server, base, case, clients, args.seconds, root / "wrk.lua", headers))
     finally:
         server.stop()
     return runs

@@ -204,6 +204,67 @@ def run_wrk(base: str, paths: list[str], accept: str, clients: int, seconds: flo
     }
 
 
+def idle_rates(servers: list[Server], seconds: float) -> dict[str, float]:
+    """Each server's CPU seconds per second at rest (Ray's daemons burn some), to subtract."""
+    idle: dict[str, float] = {}
+    for s in servers:
+        cpu0, t0 = session_cpu(s), time.perf_counter()
+        time.sleep(seconds)
+        idle[s.name] = (session_cpu(s) - cpu0) / (time.perf_counter() - t0)
+    return idle
+
+
+def measure(server: Server, base: str, case: dict[str, Any], clients: int, seconds: float,
+            script: Path, headers: dict[str, str], idle: float = 0.0) -> dict[str, Any]:
+    """One ``wrk`` run of ``case`` against ``server``, with its CPU ms per request, printed.
+
+    ``case``: ``name``, ``paths`` and ``accept`` (quotes in it are escaped for Lua).
+    """
+    cpu0, t0 = session_cpu(server), time.perf_counter()
+    accept = case["accept"].replace('"', '\\"')
+    figures = run_wrk(base, case["paths"], accept, clients, seconds, script, headers)
+    cpu = session_cpu(server) - cpu0 - idle * (time.perf_counter() - t0)
+    n = figures["requests"] or 0
+    figures.update(case=case["name"], server=server.name, clients=clients,
+                   cpu_ms_per_req=cpu * 1e3 / n if n else None)  # fmt: skip
+    print(f"  {case['name']:<30} c={clients:<3} {server.name:<8} "
+          f"{figures['req_per_s']:8.1f} req/s p50 {fmt(figures['p50_ms'], '.2f')} ms"
+          f" p99 {fmt(figures['p99_ms'], '.2f')} ms"
+          f" CPU {fmt(figures['cpu_ms_per_req'], '.2f')} ms/req"
+          + (f" NON-2XX {figures['non_2xx']}" if figures["non_2xx"] else "")
+          + (f" SOCKET ERRORS {figures['socket_errors']}" if figures["socket_errors"] else ""),
+          flush=True)  # fmt: skip
+    return figures
+
+
+def failed(figures: dict[str, Any]) -> bool:
+    return bool(figures["non_2xx"] or figures["socket_errors"])
+
+
+def finish(servers: list[Server], result: dict[str, Any], started: float, root: Path,
+           out: Path | None, keep: bool = False) -> None:
+    """Stop every server whatever happens, report their log problems, write ``out``, clean up."""
+    for s in servers:
+        try:
+            s.stop()
+        except Exception as exc:  # noqa: BLE001 - stop the others regardless
+            print(f"stopping {s.name}: {exc}", file=sys.stderr)
+    for s in servers:
+        found = s.problems()
+        print(f"{s.name} log: {len(found['errors'])} error lines, "
+              f"{len(found['warnings'])} warning lines")  # fmt: skip
+        for line in found["errors"][:5]:
+            print("   " + line[:300], file=sys.stderr)
+    result["elapsed_s"] = time.time() - started
+    if out:
+        out.write_text(json.dumps(result, indent=2, default=str))
+    if keep:
+        print(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"elapsed {result['elapsed_s']:.0f} s")
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -282,13 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"({time.perf_counter() - t:.1f} s)", flush=True)
         waited = wait_decoded(lightbox, len(files) + 1, timeout=300)
         print(f"lightbox: every instance ready {waited:.1f} s after the send", flush=True)
-        idle: dict[str, float] = {}
-        for s in servers:
-            cpu0, t0 = session_cpu(s), time.perf_counter()
-            time.sleep(args.idle_seconds)
-            idle[s.name] = (session_cpu(s) - cpu0) / (time.perf_counter() - t0)
-            print(f"idle {s.name}: {idle[s.name] * 1e3:.0f} CPU ms/s (subtracted from CPU ms/req)",
-                  flush=True)
+        idle = idle_rates(servers, args.idle_seconds)
+        for name, rate in idle.items():
+            print(f"idle {name}: {rate * 1e3:.0f} CPU ms/s (subtracted from CPU ms/req)", flush=True)
         result["idle_cpu_ms_per_s"] = {k: v * 1e3 for k, v in idle.items()}
         base = {s.name: f"http://127.0.0.1:{s.http_port}" for s in servers}
         selected = cases(ct_uids, mg_uids)
@@ -314,49 +371,17 @@ def main(argv: list[str] | None = None) -> int:
                 for s in order:
                     if not usable[s.name]:
                         continue
-                    cpu0, t0 = session_cpu(s), time.perf_counter()
-                    figures = run_wrk(base[s.name], case["paths"], case["accept"], clients,
-                                      args.seconds, root / "wrk.lua", auth[s.name])
-                    cpu = session_cpu(s) - cpu0 - idle[s.name] * (time.perf_counter() - t0)
-                    n = figures["requests"] or 0
-                    figures.update(case=case["name"], server=s.name, clients=clients,
-                                   cpu_ms_per_req=cpu * 1e3 / n if n else None)
-                    if figures["non_2xx"] or figures["socket_errors"]:
-                        code = 1
+                    figures = measure(s, base[s.name], case, clients, args.seconds,
+                                      root / "wrk.lua", auth[s.name], idle[s.name])  # fmt: skip
+                    code = 1 if failed(figures) else code
                     result["runs"].append(figures)
-                    print(f"  {case['name']:<26} c={clients:<3} {s.name:<8} "
-                          f"{figures['req_per_s']:8.1f} req/s p50 {fmt(figures['p50_ms'], '.2f')} ms"
-                          f" p99 {fmt(figures['p99_ms'], '.2f')} ms"
-                          f" CPU {fmt(figures['cpu_ms_per_req'], '.2f')} ms/req"
-                          + (f" NON-2XX {figures['non_2xx']}" if figures["non_2xx"] else "")
-                          + (f" SOCKET ERRORS {figures['socket_errors']}"
-                             if figures["socket_errors"] else ""),
-                          flush=True)
         print_table(result["runs"], result["probes"])
     except BaseException as exc:  # noqa: BLE001 - recorded, then the servers are stopped
         result["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {result['error']}", file=sys.stderr)
         code = 130 if isinstance(exc, KeyboardInterrupt) else 1
     finally:
-        for s in servers:
-            try:
-                s.stop()
-            except Exception as exc:  # noqa: BLE001 - stop the other one regardless
-                print(f"stopping {s.name}: {exc}", file=sys.stderr)
-        for s in servers:
-            found = s.problems()
-            print(f"{s.name} log: {len(found['errors'])} error lines, "
-                  f"{len(found['warnings'])} warning lines")
-            for line in found["errors"][:5]:
-                print("   " + line[:300], file=sys.stderr)
-        result["elapsed_s"] = time.time() - started
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2, default=str))
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-        print(f"elapsed {result['elapsed_s']:.0f} s")
+        finish(servers, result, started, root, args.out, args.keep)
     return code
 
 

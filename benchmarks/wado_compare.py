@@ -33,8 +33,6 @@ shared and noisy: read the ratios, and run again before trusting a figure.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,11 +45,12 @@ from benchmarks.datasets import to_jpeg_lossless_sv1, write_ct_series
 from benchmarks.ingest_compare import DCMTK_ENV, Lightbox, Server, tool
 from benchmarks.render_compare import (
     OrthancWeb,
-    fmt,
+    failed,
+    finish,
+    idle_rates,
+    measure,
     print_table,
     probe,
-    run_wrk,
-    session_cpu,
     store,
     uids,
     wait_decoded,
@@ -160,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         waited = wait_decoded(lightbox, len(files) + len(jpeg_files), timeout=900)
         print(f"lightbox: every instance ready {waited:.1f} s after the send", flush=True)
-        idle: dict[str, float] = {}
-        for s in servers:
-            cpu0, t0 = session_cpu(s), time.perf_counter()
-            time.sleep(args.idle_seconds)
-            idle[s.name] = (session_cpu(s) - cpu0) / (time.perf_counter() - t0)
+        idle = idle_rates(servers, args.idle_seconds)
         result["idle_cpu_ms_per_s"] = {k: v * 1e3 for k, v in idle.items()}
         base = {s.name: f"http://127.0.0.1:{s.http_port}" for s in servers}
         selected = cases(slices, jpeg)
@@ -196,52 +191,17 @@ def main(argv: list[str] | None = None) -> int:
                 for s in order:
                     if not usable[s.name]:
                         continue
-                    cpu0, t0 = session_cpu(s), time.perf_counter()
-                    # The Lua script quotes Accept with "...": escape the
-                    # quotes of type="..." so that Lua reads one string.
-                    lua_accept = case["accept"].replace('"', '\\"')
-                    figures = run_wrk(base[s.name], case["paths"], lua_accept, clients,
-                                      args.seconds, root / "wrk.lua", auth[s.name])  # fmt: skip
-                    cpu = session_cpu(s) - cpu0 - idle[s.name] * (time.perf_counter() - t0)
-                    n = figures["requests"] or 0
-                    figures.update(case=case["name"], server=s.name, clients=clients,
-                                   cpu_ms_per_req=cpu * 1e3 / n if n else None)  # fmt: skip
-                    if figures["non_2xx"] or figures["socket_errors"]:
-                        code = 1
+                    figures = measure(s, base[s.name], case, clients, args.seconds,
+                                      root / "wrk.lua", auth[s.name], idle[s.name])  # fmt: skip
+                    code = 1 if failed(figures) else code
                     result["runs"].append(figures)
-                    print(f"  {case['name']:<24} c={clients:<3} {s.name:<8} "
-                          f"{figures['req_per_s']:8.1f} req/s p50 {fmt(figures['p50_ms'], '.2f')} ms"
-                          f" p99 {fmt(figures['p99_ms'], '.2f')} ms"
-                          f" CPU {fmt(figures['cpu_ms_per_req'], '.2f')} ms/req"
-                          + (f" NON-2XX {figures['non_2xx']}" if figures["non_2xx"] else "")
-                          + (f" SOCKET ERRORS {figures['socket_errors']}"
-                             if figures["socket_errors"] else ""),
-                          flush=True)  # fmt: skip
         print_table(result["runs"], result["probes"])
     except BaseException as exc:  # noqa: BLE001 - recorded, then the servers are stopped
         result["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {result['error']}", file=sys.stderr)
         code = 130 if isinstance(exc, KeyboardInterrupt) else 1
     finally:
-        for s in servers:
-            try:
-                s.stop()
-            except Exception as exc:  # noqa: BLE001 - stop the other one regardless
-                print(f"stopping {s.name}: {exc}", file=sys.stderr)
-        for s in servers:
-            found = s.problems()
-            print(f"{s.name} log: {len(found['errors'])} error lines, "
-                  f"{len(found['warnings'])} warning lines")
-            for line in found["errors"][:5]:
-                print("   " + line[:300], file=sys.stderr)
-        result["elapsed_s"] = time.time() - started
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2, default=str))
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-        print(f"elapsed {result['elapsed_s']:.0f} s")
+        finish(servers, result, started, root, args.out, args.keep)
     return code
 
 
