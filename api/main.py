@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -19,10 +18,20 @@ from api.access import StudyFactsCache
 from api.auth import current_principal
 from api.errors import install_error_handlers
 from api.headers import SecurityHeaders
-from api.routes import archive, auth, health, qido, rendered, stow, users
-from api.routes import wado
-from api.routes import registration
-from api.routes import devices
+from api.routes import (
+    archive,
+    auth,
+    devices,
+    health,
+    qido,
+    reconciliation,
+    registration,
+    rendered,
+    stow,
+    users,
+    wado,
+    waitinglist,
+)
 from pipeline import __version__
 from pipeline.config import Settings, get_settings
 from pipeline.runtime import Runtime, open_runtime
@@ -95,6 +104,8 @@ def create_app(
     app.include_router(wado.router)
     app.include_router(registration.router)
     app.include_router(devices.router)
+    app.include_router(reconciliation.router)
+    app.include_router(waitinglist.router)
 
     @app.get("/api/openapi.json", tags=["meta"], dependencies=[Depends(current_principal)])
     async def openapi_schema() -> dict[str, Any]:

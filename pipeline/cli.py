@@ -7,6 +7,7 @@ Every command reads the same settings (``LIGHTBOX_*`` environment variables,
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,6 +69,10 @@ def import_(
         sources = list(iter_sources(paths, settings.max_dataset_bytes))
         with tqdm(total=len(sources), unit="file", disable=quiet, file=sys.stderr) as bar:
             summary = import_sources(runtime.ingest, sources, on_progress=bar.update)
+        if runtime.ingest.linker is not None:
+            # Link the imported studies to their orders before this process
+            # ends (a study left unlooked-at waits for a server's sweep).
+            runtime.ingest.linker.drain(timeout=120)
     finally:
         runtime.close()
     outcomes = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(summary.outcomes.items()))
@@ -240,6 +245,36 @@ def migrate(data_dir: DataDir = None) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run(settings.resolved_index_url)
     typer.echo("index schema is at the latest revision")
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = None,
+    dicom_port: Annotated[int | None, typer.Option(help="DICOM port (LIGHTBOX_DICOM_PORT).")] = None,
+    in_process: Annotated[
+        bool | None,
+        typer.Option(
+            "--in-process/--running",
+            help="Start the DICOM server in this process, or use the running one "
+            "(default: start one when nothing answers on the port).",
+        ),
+    ] = None,
+    slices: Annotated[int, typer.Option(min=1, max=50, help="CT slices to send.")] = 3,
+) -> None:
+    """Register a patient and an order, then act as a modality: worklist, MPPS,
+    C-STORE, MPPS COMPLETED; print where the study is on the Waiting list."""
+    from pipeline.worklist.demo import DemoFailed, run_demo
+
+    settings = _settings(data_dir=data_dir, dicom_port=dicom_port)
+    configure_logging("WARNING")
+    # The demo says in one line why an exchange failed; pynetdicom's own
+    # error lines (a refused connection) would only repeat it.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    try:
+        run_demo(settings, echo=typer.echo, start_server=in_process, slices=slices)
+    except DemoFailed as exc:
+        typer.echo(f"demo failed: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

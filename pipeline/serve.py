@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from pipeline.config import Settings
@@ -219,6 +220,29 @@ def start_hl7(settings: Settings) -> HL7Listener | None:
     return HL7Listener(server.start(), index, audit)
 
 
+def sweep_reconciliation(index: SqlIndex) -> threading.Thread:
+    """Link the studies a crash left without a reconciliation look, in the background.
+
+    The ingest processes look at each study as it arrives
+    (:class:`pipeline.worklist.reconcile.StudyLinker`); a study stored just
+    before a crash has no ``study_links`` row and would wait for the next
+    study to arrive somewhere. Started with the server, so it does not.
+    """
+    from pipeline.worklist.reconcile import Reconciler
+
+    def run() -> None:
+        try:
+            reconciler = Reconciler(index)
+            while reconciler.reconcile_pending() == 500:
+                pass
+        except Exception as exc:  # noqa: BLE001 - the next start sweeps again
+            log.warning("reconciliation sweep failed: %s", type(exc).__name__)
+
+    thread = threading.Thread(target=run, name="lightbox-reconcile-sweep", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: Ray ingest and decode actors, HTTP in this process."""
     import ray
@@ -243,6 +267,8 @@ def serve(settings: Settings) -> None:
     # decode actors record outcomes with theirs.
     dispatch_index = SqlIndex(settings.resolved_index_url)
     decoders, dispatcher, dispatch_thread = start_decode(settings, dispatch_index)
+
+    sweep_reconciliation(dispatch_index)
 
     app = create_app(settings)
     server = uvicorn.Server(http_config(settings, app))

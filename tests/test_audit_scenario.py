@@ -14,13 +14,12 @@ use.
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 import os
-import dataclasses
 import subprocess
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pydicom

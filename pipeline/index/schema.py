@@ -453,3 +453,40 @@ counters = Table(
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+
+# -- reconciliation: which order a stored study belongs to ----------------------
+# Written by pipeline.worklist.reconcile once per study, after the study's first
+# instance is committed (IHE RAD TF-1 4: Scheduled Workflow links the images to
+# the order; TF-1 5 Patient Information Reconciliation corrects the rest). A
+# study without a row has not been looked at yet.
+
+
+class LinkState(str, enum.Enum):
+    """Whether a stored study is linked to an order."""
+
+    LINKED = "linked"
+    #: No order matched: the study is on the reconciliation list.
+    UNMATCHED = "unmatched"
+
+
+study_links = Table(
+    "study_links",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", ForeignKey("studies.pk", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("order_pk", ForeignKey("orders.pk"), nullable=True, index=True),
+    Column("state", String(16), nullable=False),
+    # study_uid | accession | patient_modality_date | manual, "" when unmatched.
+    Column("method", String(32), nullable=False, default=""),
+    # Why no order matched (no candidate, several candidates), for the list.
+    Column("reason", String, nullable=False, default=""),
+    # "system" for the automatic link, "user:<name>" for a manual one.
+    Column("actor", String, nullable=False, default=""),
+    # The patient and study attributes the index held before the first
+    # correction (JSON): what the modality sent, kept for the reviewer.
+    Column("received", Text, nullable=False, default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "state"),
+)

@@ -251,8 +251,7 @@ class SqlIndex:
         if cached is not None:
             (series_pk, study_pk), new_study, new_series = cached, False, False
         else:
-            patient_pk = self._patient_pk(conn, header, now)
-            study_pk, new_study = self._study_pk(conn, header, patient_pk, now)
+            study_pk, new_study = self._study_pk(conn, header, now)
             series_pk, new_series = self._series_pk(conn, header, study_pk, now)
         pixel_state = PixelState.PENDING if inst.has_pixel_data else PixelState.NONE
         values = dict(
@@ -350,14 +349,18 @@ class SqlIndex:
         ).scalar_one()
 
     def _study_pk(
-        self, conn: Connection, header: ParsedHeader, patient_pk: int, now: datetime
+        self, conn: Connection, header: ParsedHeader, now: datetime
     ) -> tuple[int, bool]:
         s = header.study
         pk = conn.execute(
             select(studies.c.pk).where(studies.c.study_instance_uid == s.study_instance_uid)
         ).scalar()
         if pk is not None:
+            # The patient is looked up only for a new study: a study reconciled
+            # to another patient (pipeline.worklist.reconcile) keeps that
+            # patient, and a later series must not re-create the received one.
             return pk, False
+        patient_pk = self._patient_pk(conn, header, now)
         pk = conn.execute(
             insert(studies)
             .values(

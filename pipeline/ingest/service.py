@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.config import DuplicatePolicy, Settings
 from pipeline.errors import DatasetMismatch, InvalidDataset, OutOfResources, TooLarge
@@ -30,6 +31,9 @@ from pipeline.ingest.parse import (
 )
 from pipeline.ingest.part10 import build_file_meta, split_part10
 from pipeline.storage.blobs import BlobStore, new_storage_key
+
+if TYPE_CHECKING:
+    from pipeline.worklist.reconcile import StudyLinker
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ class IngestService:
     max_sequence_depth
         A dataset nesting sequences deeper is refused with
         :class:`pipeline.errors.InvalidDataset` (PS3.5 7.5).
+    reconcile
+        Link each stored study to its order (IHE Scheduled Workflow), in a
+        background thread (:class:`pipeline.worklist.reconcile.StudyLinker`).
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class IngestService:
         *,
         max_decoded_bytes: int = 4 * 1024**3,
         max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
+        reconcile: bool = True,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -87,6 +95,14 @@ class IngestService:
         self.max_dataset_bytes = max_dataset_bytes
         self.max_decoded_bytes = max_decoded_bytes
         self.max_sequence_depth = max_sequence_depth
+        # Reconciliation (pipeline.worklist.reconcile): after each commit the
+        # study is handed to a background thread that links it to its order.
+        # Only over the SQL index, whose database holds the orders.
+        self.linker: StudyLinker | None = None
+        if reconcile and hasattr(index, "write_transaction"):
+            from pipeline.worklist.reconcile import StudyLinker
+
+            self.linker = StudyLinker(index)  # type: ignore[arg-type]
 
     @classmethod
     def from_settings(cls, settings: Settings, index: Index, blobs: BlobStore) -> IngestService:
@@ -214,6 +230,14 @@ class IngestService:
             len(blob),
             transfer_syntax_uid,
         )
+        if self.linker is not None and result.outcome in (
+            RecordOutcome.STORED,
+            RecordOutcome.REPLACED,
+        ):
+            try:
+                self.linker.notice(header.study.study_instance_uid)
+            except Exception as exc:  # never the sender's problem: the sweep catches up
+                log.warning("reconciliation notice failed: %s", type(exc).__name__)
         if stored_key is None:
             kept = self.index.stored_blob(inst.sop_instance_uid)
             stored_key = kept.storage_key if kept else ""

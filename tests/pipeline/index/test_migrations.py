@@ -18,6 +18,7 @@ TABLES = {
     "devices",  # 0003
     "registered_patients", "orders", "requested_procedures", "scheduled_procedure_steps",
     "performed_procedure_steps", "registration_history", "counters",  # 0004
+    "study_links",  # 0005
 }  # fmt: skip
 #: The newest revision: every upgrade must end there.
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
