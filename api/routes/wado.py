@@ -57,6 +57,7 @@ from api.wado_accept import ANY_SYNTAX, EXPLICIT_VR_LE, Range, accepted
 from pipeline.index.records import InstanceRow
 from pipeline.index.schema import PixelState
 from pipeline.ingest.parse import is_valid_uid
+from pipeline.retrieve.corrections import Corrections, corrections_for
 from pipeline.retrieve.frames import (
     COMPRESSED_MEDIA_TYPES,
     NATIVE_LITTLE_ENDIAN,
@@ -66,7 +67,13 @@ from pipeline.retrieve.frames import (
     media_type_of,
     stored_frame,
 )
-from pipeline.retrieve.metadata import MetadataService, json_array, keys_version, with_base
+from pipeline.retrieve.metadata import (
+    MetadataService,
+    json_array,
+    keys_version,
+    with_base,
+    with_corrections,
+)
 from pipeline.retrieve.transcode import can_transcode, transcode
 from pipeline.runtime import Runtime
 from pipeline.security.roles import Permission
@@ -206,12 +213,15 @@ def _plan(rows: Sequence[InstanceRow], choices: Sequence[str]) -> list[tuple[Ins
 
 
 def _instance_parts(
-    runtime: Runtime, plan: Sequence[tuple[InstanceRow, str]], base: str
+    runtime: Runtime,
+    plan: Sequence[tuple[InstanceRow, str]],
+    base: str,
+    corrections: Corrections | None,
 ) -> Iterator[OutPart]:
-    """The instances' parts, read (and transcoded) one at a time in a worker thread."""
+    """The instances' parts, read (corrected, transcoded) one at a time in a worker thread."""
     limit = runtime.settings.max_decoded_bytes
     for row, syntax in plan:
-        data = runtime.blobs.get(row.storage_key)
+        data = _stored(runtime, row, corrections)
         if syntax != row.transfer_syntax_uid:
             try:
                 data = transcode(data, syntax, max_decoded_bytes=limit)
@@ -223,23 +233,42 @@ def _instance_parts(
         yield OutPart(data, f"{DICOM}; transfer-syntax={syntax}", _instance_url(base, row))
 
 
-def _instance_headers(plan: Sequence[tuple[InstanceRow, str]], single: bool) -> dict[str, str]:
-    etag = _etag("instances", *(f"{row.sha256}:{syntax}" for row, syntax in plan))
-    return {"ETag": etag, "Vary": "Accept",
-            "Cache-Control": CACHE_IMMUTABLE if single else CACHE_REVALIDATE}  # fmt: skip
+def _stored(runtime: Runtime, row: InstanceRow, corrections: Corrections | None) -> bytes:
+    """The stored bytes of ``row``, with the study's corrections (reconciliation) applied."""
+    data = runtime.blobs.get(row.storage_key)
+    if corrections is not None:
+        data = corrections.apply(data, modifying_system=runtime.settings.ae_title)
+    return data
+
+
+def _instance_headers(
+    plan: Sequence[tuple[InstanceRow, str]], corrections: Corrections | None
+) -> dict[str, str]:
+    etag = _etag(
+        "instances",
+        *(f"{row.sha256}:{syntax}" for row, syntax in plan),
+        corrections.digest if corrections is not None else "",
+    )
+    # Revalidated, never cached blind: a study linked to its order later
+    # (reconciliation) is answered with corrected attributes from then on.
+    return {"ETag": etag, "Vary": "Accept", "Cache-Control": CACHE_REVALIDATE}
 
 
 async def _retrieve(request: Request, runtime: Runtime, rows: list[InstanceRow]) -> Response:
     """Several instances (a study, a series): streamed one blob at a time."""
     plan = _plan(rows, _syntax_choices(request))
-    headers = _instance_headers(plan, single=False)
+    corrections = await run_in_threadpool(corrections_for, runtime.index, rows[0].study_instance_uid)
+    headers = _instance_headers(plan, corrections)
     if _not_modified(request, headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    return multipart_response(DICOM, _instance_parts(runtime, plan, _base(request)), headers=headers)
+    parts = _instance_parts(runtime, plan, _base(request), corrections)
+    return multipart_response(DICOM, parts, headers=headers)
 
 
-def _single_part(runtime: Runtime, row: InstanceRow, syntax: str, base: str) -> OutPart:
-    data = runtime.blobs.get(row.storage_key)
+def _single_part(
+    runtime: Runtime, row: InstanceRow, syntax: str, base: str, corrections: Corrections | None
+) -> OutPart:
+    data = _stored(runtime, row, corrections)
     if syntax != row.transfer_syntax_uid:
         # TranscodeRefused is a LightboxError: 406 through the error table.
         data = transcode(data, syntax, max_decoded_bytes=runtime.settings.max_decoded_bytes)
@@ -277,10 +306,11 @@ async def retrieve_instance(
         # a refusal is still a 406, since nothing has been sent yet.
         row = _instance_row(runtime, study, series, instance)
         plan = _plan([row], choices)
-        headers = _instance_headers(plan, single=True)
+        corrections = corrections_for(runtime.index, study)
+        headers = _instance_headers(plan, corrections)
         if _not_modified(request, headers["ETag"]):
             return headers, None
-        return headers, _single_part(runtime, row, plan[0][1], base)
+        return headers, _single_part(runtime, row, plan[0][1], base, corrections)
 
     headers, part = await run_in_threadpool(work)
     if part is None:
@@ -314,7 +344,8 @@ async def study_metadata(study: str, request: Request, runtime: RuntimeDep) -> R
     service = _metadata_service(request, runtime)
 
     def work() -> tuple[str, bytes]:
-        groups = service.grouped(_study_rows(runtime, study))
+        rows = _study_rows(runtime, study)
+        groups = service.grouped(rows, corrections_for(runtime.index, study))
         return _etag(*(g.version for g in groups)), json_array(g.members for g in groups)
 
     version, body = await run_in_threadpool(work)
@@ -339,9 +370,11 @@ async def series_metadata(
         )
         if not found:
             raise HTTPException(404, "no such series in this study")
-        joined = service.cached(series, keys_version(key for _, key, _ in found))
+        corrections = corrections_for(runtime.index, study)
+        version = keys_version(key for _, key, _ in found)
+        joined = service.cached(series, with_corrections(version, corrections))
         if joined is None:
-            joined = service.series(series, _series_rows(runtime, study, series))
+            joined = service.series(series, _series_rows(runtime, study, series), corrections)
         etag = _etag("metadata", joined.version, base)
         return etag, None if _not_modified(request, etag) else joined.answer(base)
 
@@ -361,12 +394,16 @@ async def instance_metadata(
     _check_json_accept(request)
     service = _metadata_service(request, runtime)
 
-    def work() -> tuple[InstanceRow, bytes]:
+    def work() -> tuple[str, bytes]:
         row = _instance_row(runtime, study, series, instance)
-        return row, service.instance(row)
+        document = service.instance(row)
+        corrections = corrections_for(runtime.index, study)
+        if corrections is not None:
+            document = corrections.patch_document(document)
+        return with_corrections(f"{row.sha256}:{row.storage_key}", corrections), document
 
-    row, document = await run_in_threadpool(work)
-    return _json_answer(request, lambda: json_array([document]), f"{row.sha256}:{row.storage_key}")
+    version, document = await run_in_threadpool(work)
+    return _json_answer(request, lambda: json_array([document]), version)
 
 
 # --------------------------------------------------------------------------- frames

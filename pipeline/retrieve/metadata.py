@@ -46,7 +46,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -54,6 +54,9 @@ from pydicom.dataset import Dataset
 from pipeline.index.records import InstanceRow
 from pipeline.storage.blobs import BlobStore
 from pipeline.storage.metadata import MetadataStore
+
+if TYPE_CHECKING:
+    from pipeline.retrieve.corrections import Corrections
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ __all__ = [
     "json_array",
     "keys_version",
     "with_base",
+    "with_corrections",
 ]
 
 #: Binary values longer than this many bytes *encoded in base64* become bulk
@@ -230,8 +234,14 @@ def keys_version(storage_keys: Iterable[str]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _version(rows: Sequence[InstanceRow]) -> str:
-    return keys_version(row.storage_key for row in rows)
+def with_corrections(version: str, corrections: Corrections | None) -> str:
+    """``version`` of a series or instance whose study has ``corrections``
+    (reconciliation): a link made or changed is a new version."""
+    return version if corrections is None else f"{version}:{corrections.digest}"
+
+
+def _version(rows: Sequence[InstanceRow], corrections: Corrections | None = None) -> str:
+    return with_corrections(keys_version(row.storage_key for row in rows), corrections)
 
 
 class MetadataService:
@@ -292,15 +302,28 @@ class MetadataService:
             self._cache.move_to_end(series_uid)
             return cached
 
-    def series(self, series_uid: str, rows: Sequence[InstanceRow]) -> SeriesMetadata:
-        """The joined documents of one series' ``rows`` (in the order given), cached."""
-        version = _version(rows)
+    def series(
+        self,
+        series_uid: str,
+        rows: Sequence[InstanceRow],
+        corrections: Corrections | None = None,
+    ) -> SeriesMetadata:
+        """The joined documents of one series' ``rows`` (in the order given), cached.
+
+        ``corrections`` (the study's, :mod:`pipeline.retrieve.corrections`) are
+        applied to every document of the join; the stored documents stay as
+        the files are.
+        """
+        version = _version(rows, corrections)
         with self._lock:
             cached = self._cache.get(series_uid)
             if cached is not None and cached.version == version:
                 self._cache.move_to_end(series_uid)
                 return cached
-        joined = SeriesMetadata(b",".join(self.documents(rows)), version, len(rows))
+        documents = self.documents(rows)
+        if corrections is not None:
+            documents = [corrections.patch_document(d) for d in documents]
+        joined = SeriesMetadata(b",".join(documents), version, len(rows))
         with self._lock:
             previous = self._cache.pop(series_uid, None)
             if previous is not None:
@@ -313,12 +336,14 @@ class MetadataService:
                 self._cached -= len(dropped.members)
         return joined
 
-    def grouped(self, rows: Iterable[InstanceRow]) -> list[SeriesMetadata]:
+    def grouped(
+        self, rows: Iterable[InstanceRow], corrections: Corrections | None = None
+    ) -> list[SeriesMetadata]:
         """:meth:`series` of every series among ``rows`` (a study), in order of appearance."""
         by_series: dict[str, list[InstanceRow]] = {}
         for row in rows:
             by_series.setdefault(row.series_instance_uid, []).append(row)
-        return [self.series(uid, members) for uid, members in by_series.items()]
+        return [self.series(uid, members, corrections) for uid, members in by_series.items()]
 
     def invalidate(self, series_uid: str | None = None) -> None:
         """Drop the cached join of one series (or of all)."""

@@ -228,7 +228,7 @@ class _RetrieveSCP:
         )
 
     def _transfer(self) -> Transfer:
-        return Transfer(self.retrieve.read, self.settings.max_decoded_bytes)
+        return Transfer(self.retrieve.reader(), self.settings.max_decoded_bytes)
 
 
 class MoveSCP(_RetrieveSCP):
@@ -340,6 +340,6 @@ def retrieve_services(
     index: Any, blobs: Any, audit: AuditTrail, settings: Settings
 ) -> list[_RetrieveSCP]:
     """The C-MOVE and C-GET SCPs on one runtime's stores (``DicomIngestServer(services=...)``)."""
-    retrieve = RetrieveService(index, blobs)
+    retrieve = RetrieveService(index, blobs, settings.ae_title)
     devices = DeviceRegistry(index)
     return [MoveSCP(retrieve, devices, audit, settings), GetSCP(retrieve, devices, audit, settings)]

@@ -6,13 +6,15 @@ the Query/Retrieve level (PS3.4 C.4.2.2.1, C.4.3.2.1: hierarchical retrieve,
 Patient Root and Study Root information models, C.6.1 and C.6.2) and selects
 the matching instances from the index, never opening a file.
 :meth:`RetrieveService.read` then gives each instance's Part-10 blob exactly
-as it was stored.
+as it was stored; :meth:`RetrieveService.reader` the same with the
+corrections of reconciliation applied (:mod:`pipeline.retrieve.corrections`),
+which is what the C-MOVE and C-GET sub-operations send.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -21,6 +23,7 @@ from sqlalchemy import select
 
 from pipeline.errors import InvalidRequest, NotFound, OutOfResources
 from pipeline.index.schema import instances, patients, series, studies
+from pipeline.retrieve.corrections import Corrections, corrections_for
 from pipeline.storage.blobs import BlobStore
 
 #: Bound parameters per ``IN (...)`` clause: SQLite allows 32766 in all.
@@ -165,11 +168,14 @@ class RetrieveService:
         The index (read through ``index.engine``).
     blobs
         The blob store holding each instance's Part-10 bytes as received.
+    ae_title
+        Our AE title: the Modifying System of the corrections applied.
     """
 
-    def __init__(self, index: object, blobs: BlobStore) -> None:
+    def __init__(self, index: object, blobs: BlobStore, ae_title: str = "LIGHTBOX") -> None:
         self.index = index
         self.blobs = blobs
+        self.ae_title = ae_title
 
     def resolve(self, identifier: Dataset, model: QueryModel) -> list[RetrieveItem]:
         """The instances an Identifier names, by study, series and instance number.
@@ -251,3 +257,32 @@ class RetrieveService:
         if len(data) != item.size:
             raise NotFound("the stored blob is not the size the index recorded")
         return data
+
+    def reader(self) -> Callable[[RetrieveItem], bytes]:
+        """:meth:`read` with the corrections of reconciliation applied, for one transfer.
+
+        Each study's corrections are looked up once per transfer (one query
+        for a study of any size); an instance of a study without corrections
+        is the stored bytes unchanged.
+
+        Raises (from the returned callable)
+        ------
+        NotFound, OutOfResources
+            As :meth:`read`.
+        """
+        known: dict[str, Corrections | None] = {}
+
+        def read(item: RetrieveItem) -> bytes:
+            data = self.read(item)
+            study = item.study_instance_uid
+            if study not in known:
+                try:
+                    known[study] = corrections_for(self.index, study)
+                except Exception as exc:
+                    raise OutOfResources(f"index unavailable: {type(exc).__name__}") from None
+            corrections = known[study]
+            if corrections is None:
+                return data
+            return corrections.apply(data, modifying_system=self.ae_title)
+
+        return read
