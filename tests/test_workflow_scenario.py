@@ -13,7 +13,8 @@ run (:func:`pipeline.ingest.actors.build_dicom_server`), with the HTTP API of
    list say in progress;
 4. dcmtk's ``storescu`` sends three CT images made from the worklist answer
    (patient keys, Accession Number, Study Instance UID, Referenced Study and
-   Referenced Performed Procedure Step, RAD TF-2 4.8.4.1.3) (RAD-8); the
+   Referenced Performed Procedure Step, RAD TF-2 4.8.4.1.3; the modality's
+   messages are those of ``lightbox demo``, :mod:`pipeline.worklist.demo`) (RAD-8); the
    study is linked to the order and is still in progress;
 5. pynetdicom asks for Storage Commitment (N-ACTION, RAD-10) and receives
    the N-EVENT-REPORT naming all three images as committed;
@@ -36,11 +37,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel
@@ -51,6 +51,7 @@ from pipeline.ingest.actors import build_dicom_server
 from pipeline.ingest.scp import DicomIngestServer
 from pipeline.runtime import Runtime
 from pipeline.security.roles import Role
+from pipeline.worklist.demo import make_study, mpps_completed, mpps_in_progress
 from pipeline.worklist.mpps import MPPS
 from pipeline.worklist.mwl import MWL_FIND
 from pipeline.worklist.waitinglist import WaitingList, WorkflowState
@@ -64,7 +65,6 @@ MODALITY = "CT01"
 #: Storage Commitment Push Model SOP Instance (PS3.4 J.3.5, well-known).
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 #: Detached Study Management SOP Class (retired), the Referenced Study Sequence's class (PS3.3 C.4.10).
-DETACHED_STUDY = "1.2.840.10008.3.1.2.3.1"
 DAY = "20301115"
 
 
@@ -97,129 +97,6 @@ def associate(settings: Settings, ae_title: str, *contexts: str, **kwargs: Any) 
     assoc = ae.associate("127.0.0.1", settings.dicom_port, ae_title=settings.ae_title, **kwargs)
     assert assoc.is_established
     return assoc
-
-
-def ct_images(item: Dataset, mpps_uid: str, count: int = 3) -> list[Dataset]:
-    """CT images of the worklist entry ``item``, as a modality makes them (RAD TF-2 Table 4.8-2)."""
-    now = datetime.now()
-    step = item.ScheduledProcedureStepSequence[0]
-    series_uid = generate_uid()
-    out = []
-    for n in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        # From the worklist: patient, order and study keys.
-        ds.PatientName = item.PatientName
-        ds.PatientID = item.PatientID
-        ds.IssuerOfPatientID = item.IssuerOfPatientID
-        ds.PatientBirthDate = item.PatientBirthDate
-        ds.PatientSex = item.PatientSex
-        ds.AccessionNumber = item.AccessionNumber
-        ds.ReferringPhysicianName = item.ReferringPhysicianName
-        ds.StudyInstanceUID = item.StudyInstanceUID
-        ds.StudyDescription = item.RequestedProcedureDescription
-        study_ref = Dataset()
-        study_ref.ReferencedSOPClassUID = DETACHED_STUDY
-        study_ref.ReferencedSOPInstanceUID = item.StudyInstanceUID
-        ds.ReferencedStudySequence = [study_ref]
-        request = Dataset()
-        request.RequestedProcedureID = item.RequestedProcedureID
-        request.ScheduledProcedureStepID = step.ScheduledProcedureStepID
-        request.AccessionNumber = item.AccessionNumber
-        ds.RequestAttributesSequence = [request]
-        # From the MPPS: the performed step these images belong to (PS3.3 C.7.3.1).
-        pps_ref = Dataset()
-        pps_ref.ReferencedSOPClassUID = MPPS
-        pps_ref.ReferencedSOPInstanceUID = mpps_uid
-        ds.ReferencedPerformedProcedureStepSequence = [pps_ref]
-        ds.Modality = step.Modality
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-        ds.StudyID = "1"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = n + 1
-        ds.ImagePositionPatient = [0.0, 0.0, -5.0 * n]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.8, 0.8]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ds.Columns = 32
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = np.full((32, 32), 1000 + n, dtype="<i2").tobytes()
-        out.append(ds)
-    return out
-
-
-def mpps_create(item: Dataset) -> Dataset:
-    """The N-CREATE Attribute List (PS3.4 Table F.7.2-1) from the worklist entry."""
-    step = item.ScheduledProcedureStepSequence[0]
-    scheduled = Dataset()
-    scheduled.StudyInstanceUID = item.StudyInstanceUID
-    scheduled.ReferencedStudySequence = []
-    scheduled.AccessionNumber = item.AccessionNumber
-    scheduled.RequestedProcedureID = item.RequestedProcedureID
-    scheduled.RequestedProcedureDescription = item.RequestedProcedureDescription
-    scheduled.ScheduledProcedureStepID = step.ScheduledProcedureStepID
-    scheduled.ScheduledProcedureStepDescription = step.ScheduledProcedureStepDescription
-    scheduled.ScheduledProtocolCodeSequence = []
-    ds = Dataset()
-    ds.ScheduledStepAttributesSequence = [scheduled]
-    ds.PatientName = item.PatientName
-    ds.PatientID = item.PatientID
-    ds.PatientBirthDate = item.PatientBirthDate
-    ds.PatientSex = item.PatientSex
-    ds.PerformedProcedureStepID = "PPS-WF-1"
-    ds.PerformedStationAETitle = MODALITY
-    ds.PerformedStationName = ""
-    ds.PerformedLocation = ""
-    ds.PerformedProcedureStepStartDate = datetime.now().strftime("%Y%m%d")
-    ds.PerformedProcedureStepStartTime = datetime.now().strftime("%H%M%S")
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.PerformedProcedureStepDescription = item.RequestedProcedureDescription
-    ds.PerformedProcedureTypeDescription = ""
-    ds.ProcedureCodeSequence = []
-    ds.PerformedProcedureStepEndDate = ""
-    ds.PerformedProcedureStepEndTime = ""
-    ds.Modality = step.Modality
-    ds.StudyID = "1"
-    ds.PerformedProtocolCodeSequence = []
-    ds.PerformedSeriesSequence = []
-    return ds
-
-
-def mpps_completed(images: list[Dataset]) -> Dataset:
-    """The final N-SET (PS3.4 Table F.7.2-2): COMPLETED with the series performed."""
-    series = Dataset()
-    series.SeriesInstanceUID = images[0].SeriesInstanceUID
-    series.SeriesDescription = ""
-    series.ProtocolName = "Chest"
-    series.RetrieveAETitle = ""
-    series.PerformingPhysicianName = ""
-    series.OperatorsName = ""
-    refs = []
-    for image in images:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = image.SOPClassUID
-        ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
-        refs.append(ref)
-    series.ReferencedImageSequence = refs
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = "COMPLETED"
-    ds.PerformedProcedureStepEndDate = datetime.now().strftime("%Y%m%d")
-    ds.PerformedProcedureStepEndTime = datetime.now().strftime("%H%M%S")
-    ds.PerformedSeriesSequence = [series]
-    return ds
 
 
 def waiting(client: TestClient, patient_id: str) -> list[dict[str, Any]]:
@@ -275,7 +152,7 @@ def test_register_worklist_mpps_store_commit_complete_acquired(
     mpps_uid = generate_uid()
     assoc = associate(settings, MODALITY, MPPS)
     try:
-        status, attributes = assoc.send_n_create(mpps_create(item), MPPS, mpps_uid)
+        status, attributes = assoc.send_n_create(mpps_in_progress(item, MODALITY, datetime.now()), MPPS, mpps_uid)
         assert status.Status == 0x0000
         assert attributes is not None and attributes.PerformedProcedureStepStatus == "IN PROGRESS"
     finally:
@@ -286,7 +163,7 @@ def test_register_worklist_mpps_store_commit_complete_acquired(
     assert [e["state"] for e in waiting(technologist, "WF-1")] == ["in_progress"]
 
     # 4. The images (RAD-8) with dcmtk's storescu.
-    images = ct_images(item, mpps_uid)
+    images = make_study(item, slices=3, size=32, performed_step_uid=mpps_uid)
     files = []
     for n, image in enumerate(images):
         files.append(tmp_path / f"ct{n}.dcm")
@@ -342,7 +219,7 @@ def test_register_worklist_mpps_store_commit_complete_acquired(
     # 6. MPPS COMPLETED (RAD-7).
     assoc = associate(settings, MODALITY, MPPS)
     try:
-        status, _ = assoc.send_n_set(mpps_completed(images), MPPS, mpps_uid)
+        status, _ = assoc.send_n_set(mpps_completed(images, datetime.now()), MPPS, mpps_uid)
         assert status.Status == 0x0000
     finally:
         assoc.release()
@@ -420,9 +297,9 @@ def test_a_uni_directional_device_may_store_but_not_read_the_worklist(
         responses = list(assoc.send_c_find(query, MWL_FIND))
         # One final answer, no match: 0124H Refused: Not Authorized (PS3.7 C.5).
         assert [(r[0].Status, r[1]) for r in responses] == [(0x0124, None)]
-        status, _ = assoc.send_n_create(mpps_create(typed), MPPS, generate_uid())
+        status, _ = assoc.send_n_create(mpps_in_progress(typed, "US_CART", datetime.now()), MPPS, generate_uid())
         assert status.Status == 0x0124
-        (image,) = ct_images(typed, generate_uid(), count=1)
+        (image,) = make_study(typed, slices=1, size=32)
         assert assoc.send_c_store(image).Status == 0x0000
     finally:
         assoc.release()

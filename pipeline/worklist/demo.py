@@ -61,6 +61,11 @@ class DemoResult:
     in_process_server: bool
 
 
+#: Detached Study Management SOP Class (retired), which IHE RAD TF-2 Table 4.8-2
+#: still names as the Referenced SOP Class of the Referenced Study Sequence.
+DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
+
+
 def make_study(
     worklist_item: Dataset,
     *,
@@ -120,6 +125,10 @@ def make_study(
         ds.InstanceNumber = index + 1
         ds.PerformedProcedureStepStartDate = day
         ds.PerformedProcedureStepStartTime = clock
+        study = Dataset()  # PS3.3 C.7.2.1 / RAD TF-2 Table 4.8-2: the order's study
+        study.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
+        study.ReferencedSOPInstanceUID = worklist_item.StudyInstanceUID
+        ds.ReferencedStudySequence = [study]
         request = Dataset()
         request.RequestedProcedureID = worklist_item.get("RequestedProcedureID", "")
         request.ScheduledProcedureStepID = step.get("ScheduledProcedureStepID", "")
