@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
@@ -91,6 +92,9 @@ def create_app(
     app.state.settings = resolved
     app.state.runtime = runtime
     app.state.study_facts = StudyFactsCache()
+    # Bounds the on-demand renders in flight (api.routes.rendered): past the
+    # cores, more threads only contend for the GIL and memory bandwidth.
+    app.state.render_limiter = anyio.CapacityLimiter(resolved.render_concurrency)
     # A request holds at least one dataset: never refuse what one part may be.
     app.state.max_request_bytes = max(resolved.max_request_bytes, resolved.max_dataset_bytes)
     install_error_handlers(app)

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     max_sequence_depth: int = Field(
         16, ge=1, le=64, description="Deepest nesting of sequences accepted in a dataset."
     )
+    render_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="On-demand renders running at once in the HTTP process; more wait.",
+    )
     http_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(8080, ge=0, le=65535)
     # -- security: transport ------------------------------------------------

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from PIL import Image
@@ -387,7 +389,9 @@ async def _serve(
     if data is not None:
         headers["X-Lightbox-Render"] = "precomputed"
     else:
-        data = await run_in_threadpool(produce)
+        # At most render_concurrency renders at once; the rest wait here,
+        # not in threads contending for the GIL.
+        data = await anyio.to_thread.run_sync(produce, limiter=request.app.state.render_limiter)
         headers["X-Lightbox-Render"] = "on-demand"
         if cache and variant is not None:
             await run_in_threadpool(runtime.renders.put, key, variant, frame, data)

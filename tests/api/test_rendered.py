@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -15,6 +19,7 @@ from PIL import Image
 
 import api.routes.rendered as rendered_module
 import pipeline.render.pipeline as render_pipeline
+from api.main import create_app
 from pipeline.decode.service import DecodeService
 from pipeline.index.records import Provenance
 from pipeline.render.encode import PNG, encode
@@ -288,3 +293,48 @@ def test_tiles_of_a_large_image(
     _forbid_render(monkeypatch)
     again = client.get(f"{url}/0/0/0")
     assert again.headers["x-lightbox-render"] == "precomputed" and again.content == full.content
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_on_demand_renders_are_bounded(
+    runtime: Runtime, stored: list[Stored], auth_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, slots: int,
+) -> None:  # fmt: skip
+    """At most ``render_concurrency`` on-demand renders run at once; the rest wait their turn.
+
+    Six windowed requests arrive together; each render holds its slot 0.1 s.
+    Past the cores, more threads rendering at once only contend for the GIL
+    and memory bandwidth (benchmarks/README.md: 16 mammograms at once).
+    """
+    original = rendered_module.render_frame
+    lock = threading.Lock()
+    running = peak = 0
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.1)
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(rendered_module, "render_frame", counted)
+    settings = runtime.settings.model_copy(update={"render_concurrency": slots})
+    app = create_app(settings, runtime)
+
+    async def fetch_all() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     headers=auth_headers) as client:  # fmt: skip
+            answers = await asyncio.gather(*(
+                client.get(f"{stored[0].url}/rendered", params={"window": f"40,{400 + n},linear"})
+                for n in range(6)
+            ))  # fmt: skip
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(fetch_all()) == [200] * 6
+    assert peak == slots
