@@ -94,7 +94,9 @@ def create_app(
     app.state.study_facts = StudyFactsCache()
     # Bounds the on-demand renders in flight (api.routes.rendered): past the
     # cores, more threads only contend for the GIL and memory bandwidth.
-    app.state.render_limiter = anyio.CapacityLimiter(resolved.render_concurrency)
+    # The setting is for all HTTP processes (pipeline.serve.start_http_workers).
+    share = -(-resolved.render_concurrency // resolved.http_workers)
+    app.state.render_limiter = anyio.CapacityLimiter(share)
     # A request holds at least one dataset: never refuse what one part may be.
     app.state.max_request_bytes = max(resolved.max_request_bytes, resolved.max_dataset_bytes)
     install_error_handlers(app)

@@ -226,8 +226,12 @@ class Lightbox(Server):
                              cwd=self.root, check=True, capture_output=True, text=True)  # fmt: skip
         return out.stdout.strip().splitlines()[-1]
 
+    #: Settings a run may set in its own environment (the rest are the benchmark's).
+    PASSED_THROUGH = ("LIGHTBOX_HTTP_WORKERS", "LIGHTBOX_RENDER_CONCURRENCY")
+
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTBOX_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("LIGHTBOX_") or k in self.PASSED_THROUGH}  # fmt: skip
         env.update(
             LIGHTBOX_DATA_DIR=str(self.data_dir),
             LIGHTBOX_DICOM_PORT=str(self.dicom_port),

@@ -94,10 +94,16 @@ class Settings(BaseSettings):
     render_concurrency: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
-        description="On-demand renders running at once in the HTTP process; more wait.",
+        description="On-demand renders running at once over all HTTP processes; more wait.",
     )
     http_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(8080, ge=0, le=65535)
+    http_workers: int = Field(
+        default_factory=lambda: max(1, min(8, os.cpu_count() or 1)),
+        ge=1,
+        le=64,
+        description="HTTP processes sharing the HTTP port (one GIL each).",
+    )
     # -- security: transport ------------------------------------------------
     http_tls_cert: Path | None = Field(None, description="PEM certificate (chain): HTTPS.")
     http_tls_key: Path | None = Field(None, description="PEM private key of http_tls_cert.")

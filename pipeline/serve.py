@@ -21,6 +21,8 @@ from pipeline.storage.blobs import LocalBlobStore, open_blob_store
 from pipeline.storage.pixels import open_pixel_store
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
     import uvicorn
 
     from pipeline.security.audit import AuditTrail
@@ -220,6 +222,79 @@ def start_hl7(settings: Settings) -> HL7Listener | None:
     return HL7Listener(server.start(), index, audit)
 
 
+def _die_with_parent() -> None:
+    """Have the kernel send SIGTERM to this process when its parent dies (Linux).
+
+    A ``lightbox serve`` killed outright (SIGKILL, the OOM killer) must not
+    leave HTTP workers holding the port.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _http_worker(settings: Settings, sock: socket.socket) -> None:
+    """One more HTTP process: the application on the shared socket until SIGTERM.
+
+    Everything per process is opened here (the runtime with its index pool
+    and audit writer, the caches); what processes share lives in the index.
+    """
+    _die_with_parent()
+    import uvicorn
+
+    from api.main import create_app
+    from pipeline.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    server = uvicorn.Server(http_config(settings, create_app(settings)))
+    server.run(sockets=[sock])
+
+
+def start_http_workers(settings: Settings, sock: socket.socket) -> list[BaseProcess]:
+    """Start ``http_workers - 1`` HTTP processes beside this one, on ``sock``.
+
+    One Python process runs one request's Python at a time (the GIL): a
+    rendered frame, a QIDO answer and a token check all share one core. The
+    kernel hands each connection on the listening socket to one of the
+    processes waiting on it. Spawned, not forked: this process holds threads
+    and Ray's state by then.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = []
+    for number in range(1, settings.http_workers):
+        worker = context.Process(
+            target=_http_worker, args=(settings, sock), name=f"lightbox-http-{number}"
+        )
+        worker.start()
+        workers.append(worker)
+    return workers
+
+
+def stop_http_workers(workers: list[BaseProcess], timeout: float = 30.0) -> None:
+    """SIGTERM (uvicorn finishes the requests in flight), then SIGKILL after ``timeout``."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout)
+        if worker.is_alive():
+            log.warning("HTTP worker %s did not stop; killed", worker.name)
+            worker.kill()
+            worker.join(5)
+
+
 def sweep_reconciliation(index: SqlIndex) -> threading.Thread:
     """Link the studies a crash left without a reconciliation look, in the background.
 
@@ -272,8 +347,9 @@ def serve(settings: Settings) -> None:
 
     app = create_app(settings)
     server = uvicorn.Server(http_config(settings, app))
+    http_workers = start_http_workers(settings, http_socket)
     log.info(
-        "Lightbox ready: DICOM %s@%s:%d%s, HTTP %s://%s:%d, data %s",
+        "Lightbox ready: DICOM %s@%s:%d%s, HTTP %s://%s:%d (%d processes), data %s",
         settings.ae_title,
         settings.dicom_host,
         settings.dicom_port,
@@ -281,18 +357,24 @@ def serve(settings: Settings) -> None:
         "https" if settings.http_tls_cert else "http",
         settings.http_host,
         settings.http_port,
+        settings.http_workers,
         settings.data_dir,
     )
     # uvicorn installs its own signal handlers while it runs; it stops on
     # SIGINT/SIGTERM and we then stop the actors.
-    server.run(sockets=[http_socket])
-    if hl7 is not None:
-        hl7.stop()
-    dispatcher.stop()
-    dispatch_thread.join(timeout=30)
-    dispatch_index.close()
     try:
-        ray.get([a.stop.remote() for a in [*actors, *decoders]], timeout=30)
-    except Exception:  # an actor that is already gone needs no stopping
-        log.warning("some actors did not stop cleanly")
-    ray.shutdown()
+        server.run(sockets=[http_socket])
+    finally:
+        # uvicorn raises the SIGTERM it caught once more after stopping, and
+        # Ray's handler turns that into SystemExit: the shutdown runs here.
+        stop_http_workers(http_workers)
+        if hl7 is not None:
+            hl7.stop()
+        dispatcher.stop()
+        dispatch_thread.join(timeout=30)
+        dispatch_index.close()
+        try:
+            ray.get([a.stop.remote() for a in [*actors, *decoders]], timeout=30)
+        except Exception:  # an actor that is already gone needs no stopping
+            log.warning("some actors did not stop cleanly")
+        ray.shutdown()

@@ -35,7 +35,9 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 class Server:
     """A ``lightbox serve`` process in a session of its own."""
 
-    def __init__(self, data_dir: Path, dicom_port: int, http_port: int, actors: int = 2) -> None:
+    def __init__(
+        self, data_dir: Path, dicom_port: int, http_port: int, actors: int = 2, http_workers: int = 2
+    ) -> None:
         self.data_dir = data_dir
         self.dicom_port = dicom_port
         self.http_port = http_port
@@ -47,6 +49,7 @@ class Server:
             "LIGHTBOX_DICOM_HOST": "127.0.0.1",
             "LIGHTBOX_HTTP_HOST": "127.0.0.1",
             "LIGHTBOX_INGEST_ACTORS": str(actors),
+            "LIGHTBOX_HTTP_WORKERS": str(http_workers),
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.log = (data_dir.parent / f"serve-{time.time_ns()}.log").open("w")
@@ -147,6 +150,42 @@ def wait_until_decoded(data_dir: Path, instances: int, timeout: float = 120) -> 
         if states.get("ready", 0) >= instances or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` spawned with multiprocessing (not its resource tracker)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"spawn_main" in args:
+            found.append(int(proc.name))
+    return found
+
+
+def test_http_workers_share_the_port(server: Server) -> None:
+    """``http_workers = 2``: a second HTTP process answers on the same port, and stops with serve.
+
+    With the main process stopped (SIGSTOP) every new connection is taken by
+    the worker; after SIGTERM to serve the worker is gone too.
+    """
+    [worker] = _children(server.proc.pid)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(5):
+            with httpx.Client(timeout=10) as client:  # a new connection each time
+                assert client.get(f"http://127.0.0.1:{server.http_port}/health").status_code == 200
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists(), "the HTTP worker outlived serve"
 
 
 def test_serve_spreads_associations_over_actors(server: Server, dicom_data: Path) -> None:

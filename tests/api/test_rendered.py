@@ -295,12 +295,15 @@ def test_tiles_of_a_large_image(
     assert again.headers["x-lightbox-render"] == "precomputed" and again.content == full.content
 
 
-@pytest.mark.parametrize("slots", [1, 3])
+@pytest.mark.parametrize(("slots", "workers", "bound"), [(1, 1, 1), (3, 1, 3), (3, 2, 2)])
 def test_on_demand_renders_are_bounded(
     runtime: Runtime, stored: list[Stored], auth_headers: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch, slots: int,
+    monkeypatch: pytest.MonkeyPatch, slots: int, workers: int, bound: int,
 ) -> None:  # fmt: skip
     """At most ``render_concurrency`` on-demand renders run at once; the rest wait their turn.
+
+    The setting is for all ``http_workers`` processes: each takes its share
+    (rounded up), here the one process of the test.
 
     Six windowed requests arrive together; each render holds its slot 0.1 s.
     Past the cores, more threads rendering at once only contend for the GIL
@@ -323,7 +326,9 @@ def test_on_demand_renders_are_bounded(
                 running -= 1
 
     monkeypatch.setattr(rendered_module, "render_frame", counted)
-    settings = runtime.settings.model_copy(update={"render_concurrency": slots})
+    settings = runtime.settings.model_copy(
+        update={"render_concurrency": slots, "http_workers": workers}
+    )
     app = create_app(settings, runtime)
 
     async def fetch_all() -> list[int]:
@@ -337,4 +342,4 @@ def test_on_demand_renders_are_bounded(
         return [a.status_code for a in answers]
 
     assert asyncio.run(fetch_all()) == [200] * 6
-    assert peak == slots
+    assert peak == bound
