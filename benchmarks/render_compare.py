@@ -35,6 +35,7 @@ read the ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -128,16 +129,30 @@ def wait_decoded(server: Lightbox, expected: int, timeout: float) -> float:
 
 # -- load -------------------------------------------------------------------------------
 
+#: wrk's script: cycles over the paths; ``{n}`` in a path becomes a number
+#: new for every request of the benchmark (the run's number, the wrk thread,
+#: a counter), so that a "cold" case never asks the same rendition twice.
 LUA = """
 paths = {%s}
 i = 0
+n = 0
 wrk.headers["Accept"] = "%s"
 %s
+run = %d
+threads = 0
+function setup(thread)
+  thread:set("lane", threads)
+  threads = threads + 1
+end
 request = function()
   i = i %% #paths + 1
-  return wrk.format("GET", paths[i])
+  n = n + 1
+  local number = string.format("%%04d%%02d%%06d", run, lane or 0, n %% 1000000)
+  local path = string.gsub(paths[i], "{n}", number)
+  return wrk.format("GET", path)
 end
 """
+_RUNS = itertools.count(1)
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -179,7 +194,8 @@ def probe(url: str, accept: str, headers: dict[str, str]) -> dict[str, Any]:
 def run_wrk(base: str, paths: list[str], accept: str, clients: int, seconds: float,
             script: Path, headers: dict[str, str]) -> dict[str, Any]:
     extra = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
-    script.write_text(LUA % (", ".join(json.dumps(p) for p in paths), accept, extra))
+    run = next(_RUNS)
+    script.write_text(LUA % (", ".join(json.dumps(p) for p in paths), accept, extra, run))
     threads = min(clients, 2)
     out = subprocess.run(
         [tool("wrk"), f"-t{threads}", f"-c{clients}", f"-d{seconds:g}s", "--latency",
@@ -274,9 +290,14 @@ def cases(ct: list[tuple[str, str, str]], mg: tuple[str, str, str]) -> list[dict
 
     # PS3.18 8.3.5.1.4: center, width, function; Orthanc's plugin wants all three.
     w = "?window=40,400,linear"
+    # The same image, but a width of 400.000000000123 and so on: a rendition
+    # never asked before (Lightbox keeps recent on-demand renders in memory).
+    cold = "?window=40,400.{n},linear"
     return [
         {"name": "CT jpeg window 40,400,lin", "accept": "image/jpeg",
          "paths": [rendered(u, query=w) for u in ct]},
+        {"name": "CT jpeg window cold", "accept": "image/jpeg",
+         "paths": [rendered(u, query=cold) for u in ct]},
         {"name": "CT jpeg default", "accept": "image/jpeg", "paths": [rendered(u) for u in ct]},
         {"name": "CT png window 40,400,lin", "accept": "image/png",
          "paths": [rendered(u, query=w) for u in ct]},
@@ -285,6 +306,8 @@ def cases(ct: list[tuple[str, str, str]], mg: tuple[str, str, str]) -> list[dict
         {"name": "MG jpeg default", "accept": "image/jpeg", "paths": [rendered(mg)]},
         {"name": "MG jpeg window 2047,4095,l", "accept": "image/jpeg",
          "paths": [rendered(mg, query="?window=2047,4095,linear")]},
+        {"name": "MG jpeg window cold", "accept": "image/jpeg",
+         "paths": [rendered(mg, query="?window=2047,4095.{n},linear")]},
     ]
 
 
@@ -356,7 +379,14 @@ def main(argv: list[str] | None = None) -> int:
         for case in selected:
             usable = {}
             for s in servers:
-                info = probe(base[s.name] + case["paths"][0], case["accept"], auth[s.name])
+                # Asked twice: the second answer says whether a repeat is
+                # served otherwise (Lightbox keeps recent on-demand renders);
+                # a cold case's {n} differs between the two.
+                url = base[s.name] + case["paths"][0]
+                info = probe(url.replace("{n}", "1"), case["accept"], auth[s.name])
+                again = probe(url.replace("{n}", "2"), case["accept"], auth[s.name])
+                if again["render"] != info["render"]:
+                    info["render"] = f"{info['render']}, then {again['render']}"
                 info.update(case=case["name"], server=s.name)
                 result["probes"].append(info)
                 usable[s.name] = info["status"] == 200

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     max_sequence_depth: int = Field(
         16, ge=1, le=64, description="Deepest nesting of sequences accepted in a dataset."
     )
+    render_cache_bytes: int = Field(
+        256 * 1024**2,
+        ge=0,
+        description="Recent on-demand renders kept in memory per HTTP process; 0: none.",
+    )
     render_concurrency: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,

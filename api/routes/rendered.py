@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from api.access import study_access
 from api.auth import require
 from api.deps import RuntimeDep
+from api.render_cache import RecentRenders
 from pipeline.index.records import InstanceRow
 from pipeline.index.schema import PixelState
 from pipeline.ingest.parse import is_valid_uid
@@ -376,9 +377,12 @@ async def _serve(
     cache: bool,
     produce: Callable[[], bytes],
 ) -> Response:
-    """Answer from the render store's ``variant`` when it is there, else ``produce()``.
+    """Answer from the render store's ``variant`` when it is there, else from the
+    recent on-demand renders (keyed by ``etag``), else ``produce()``.
 
-    ``cache``: store what was produced under ``variant`` for the next request.
+    ``cache``: store what was produced under ``variant`` for the next request;
+    otherwise it is kept among the recent renders (:mod:`api.render_cache`).
+    ``X-Lightbox-Render`` says which: precomputed, recent or on-demand.
     """
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept"}
     if _if_none_match(request, etag):
@@ -388,13 +392,20 @@ async def _serve(
         data = await run_in_threadpool(runtime.renders.get, key, variant, frame)
     if data is not None:
         headers["X-Lightbox-Render"] = "precomputed"
+        return Response(content=data, media_type=media_type, headers=headers)
+    recent: RecentRenders = request.app.state.recent_renders
+    data = recent.get(etag)
+    if data is not None:
+        headers["X-Lightbox-Render"] = "recent"
+        return Response(content=data, media_type=media_type, headers=headers)
+    # At most render_concurrency renders at once; the rest wait here,
+    # not in threads contending for the GIL.
+    data = await anyio.to_thread.run_sync(produce, limiter=request.app.state.render_limiter)
+    headers["X-Lightbox-Render"] = "on-demand"
+    if cache and variant is not None:
+        await run_in_threadpool(runtime.renders.put, key, variant, frame, data)
     else:
-        # At most render_concurrency renders at once; the rest wait here,
-        # not in threads contending for the GIL.
-        data = await anyio.to_thread.run_sync(produce, limiter=request.app.state.render_limiter)
-        headers["X-Lightbox-Render"] = "on-demand"
-        if cache and variant is not None:
-            await run_in_threadpool(runtime.renders.put, key, variant, frame, data)
+        recent.put(etag, data)
     return Response(content=data, media_type=media_type, headers=headers)
 
 

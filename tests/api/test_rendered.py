@@ -343,3 +343,32 @@ def test_on_demand_renders_are_bounded(
 
     assert asyncio.run(fetch_all()) == [200] * 6
     assert peak == bound
+
+
+def test_recent_on_demand_renders_are_kept(
+    client: TestClient, stored: list[Stored], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same rendition asked again is answered from memory, byte for byte, not rendered again."""
+    ct = stored[0]
+    first = client.get(ct.url + "/rendered", params={"window": "40,400,linear"})
+    assert first.headers["x-lightbox-render"] == "on-demand"
+    _forbid_render(monkeypatch)
+    again = client.get(ct.url + "/rendered", params={"window": "40,400,linear"})
+    assert again.headers["x-lightbox-render"] == "recent"
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    # Another parameter is another rendition: rendered (here: refused, to prove it).
+    with pytest.raises(AssertionError, match="rendered again"):
+        client.get(ct.url + "/rendered", params={"window": "40,400,linear", "quality": "50"})
+    with pytest.raises(AssertionError, match="rendered again"):
+        client.get(ct.url + "/rendered", params={"window": "40,400,linear"},
+                   headers={"Accept": "image/png"})  # fmt: skip
+
+
+def test_no_recent_renders_when_the_budget_is_zero(
+    runtime: Runtime, stored: list[Stored], auth_headers: dict[str, str]
+) -> None:
+    settings = runtime.settings.model_copy(update={"render_cache_bytes": 0})
+    with TestClient(create_app(settings, runtime), headers=auth_headers) as client:
+        for _ in range(2):
+            answer = client.get(stored[0].url + "/rendered", params={"window": "40,400"})
+            assert answer.headers["x-lightbox-render"] == "on-demand"
