@@ -307,9 +307,7 @@ def sweep_reconciliation(index: SqlIndex) -> threading.Thread:
 
     def run() -> None:
         try:
-            reconciler = Reconciler(index)
-            while reconciler.reconcile_pending() == 500:
-                pass
+            Reconciler(index).sweep()
         except Exception as exc:  # noqa: BLE001 - the next start sweeps again
             log.warning("reconciliation sweep failed: %s", type(exc).__name__)
 

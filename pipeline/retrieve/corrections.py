@@ -37,20 +37,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import select
 
 from pipeline.index.schema import LinkState, patients, studies, study_links
+from pipeline.worklist.reconcile import CORRECTED
 
-__all__ = ["CORRECTED_ATTRIBUTES", "Corrections", "corrections_for"]
+__all__ = ["Corrections", "corrections_for"]
 
-#: Index column -> DICOM keyword, for every attribute reconciliation corrects
-#: (the columns of :data:`pipeline.worklist.reconcile.CORRECTED`).
-CORRECTED_ATTRIBUTES: dict[str, str] = {
-    "patient_id": "PatientID",
-    "issuer_of_patient_id": "IssuerOfPatientID",
-    "patient_name": "PatientName",
-    "patient_birth_date": "PatientBirthDate",
-    "patient_sex": "PatientSex",
-    "accession_number": "AccessionNumber",
-    "referring_physician_name": "ReferringPhysicianName",
-}
 #: PS3.3 C.12.1.1.9.2, defined term for a correction by reconciliation.
 REASON = "CORRECT"
 
@@ -141,8 +131,8 @@ def corrections_for(index: Any, study_instance_uid: str) -> Corrections | None:
     whose value in the index differs from what its images carried when it
     was first looked at (``study_links.received``).
     """
-    columns = [patients.c[c] for c in CORRECTED_ATTRIBUTES if c in patients.c] + [
-        studies.c[c] for c in CORRECTED_ATTRIBUTES if c not in patients.c
+    columns = [patients.c[c] for c in CORRECTED if c in patients.c] + [
+        studies.c[c] for c in CORRECTED if c not in patients.c
     ]
     query = (
         select(study_links.c.received, study_links.c.updated_at, *columns)
@@ -160,7 +150,7 @@ def corrections_for(index: Any, study_instance_uid: str) -> Corrections | None:
     received = json.loads(row.received or "{}")
     values = {
         keyword: str(getattr(row, column) or "")
-        for column, keyword in CORRECTED_ATTRIBUTES.items()
+        for column, keyword in CORRECTED.items()
         if str(getattr(row, column) or "") != str(received.get(column) or "")
     }
     if not values:

@@ -85,16 +85,18 @@ MANUAL = "manual"
 #: A write that met another process's concurrent insert is tried once more.
 _ATTEMPTS = (1, 2)
 
-#: The patient and study attributes reconciliation corrects (and keeps as received).
-CORRECTED = (
-    "patient_id",
-    "issuer_of_patient_id",
-    "patient_name",
-    "patient_birth_date",
-    "patient_sex",
-    "accession_number",
-    "referring_physician_name",
-)
+#: The patient and study attributes reconciliation corrects (and keeps as
+#: received): index column -> DICOM keyword, the one list retrieval applies
+#: too (:mod:`pipeline.retrieve.corrections`).
+CORRECTED: dict[str, str] = {
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "accession_number": "AccessionNumber",
+    "referring_physician_name": "ReferringPhysicianName",
+}
 
 
 def _now() -> datetime:
@@ -213,6 +215,15 @@ class Reconciler:
         for uid in uids:
             self.reconcile_study(uid)
         return len(uids)
+
+    def sweep(self, batch: int = 500) -> int:
+        """:meth:`reconcile_pending` until no study is left without a link; how many."""
+        total = 0
+        while True:
+            done = self.reconcile_pending(batch)
+            total += done
+            if done < batch:
+                return total
 
     def _reconcile(self, conn: Connection, study: Any) -> None:
         order_pk, method, reason = self._match(conn, study)
@@ -573,8 +584,7 @@ class StudyLinker:
 
     def _run(self) -> None:
         try:
-            while self.reconciler.reconcile_pending() == 500:
-                pass
+            self.reconciler.sweep()
         except Exception as exc:  # the sweep is retried when the process starts again
             log.warning("reconciliation sweep failed: %s", type(exc).__name__)
         while True:
