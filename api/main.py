@@ -19,6 +19,7 @@ from api.access import StudyFactsCache
 from api.auth import current_principal
 from api.errors import install_error_handlers
 from api.headers import SecurityHeaders
+from api.instance_cache import ReadyInstances
 from api.render_cache import RecentRenders
 from api.routes import (
     archive,
@@ -99,6 +100,7 @@ def create_app(
     share = -(-resolved.render_concurrency // resolved.http_workers)
     app.state.render_limiter = anyio.CapacityLimiter(share)
     app.state.recent_renders = RecentRenders(resolved.render_cache_bytes)
+    app.state.ready_instances = ReadyInstances()
     # A request holds at least one dataset: never refuse what one part may be.
     app.state.max_request_bytes = max(resolved.max_request_bytes, resolved.max_dataset_bytes)
     install_error_handlers(app)

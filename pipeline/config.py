@@ -101,6 +101,15 @@ class Settings(BaseSettings):
         ge=1,
         description="On-demand renders running at once over all HTTP processes; more wait.",
     )
+    render_inline_pixels: int = Field(
+        1024 * 1024,
+        ge=0,
+        description=(
+            "On-demand renders of frames of at most this many pixels run on the HTTP "
+            "process's event loop, not in a worker thread, when the pixel and render "
+            "stores are local files; 0: always a worker thread."
+        ),
+    )
     http_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(8080, ge=0, le=65535)
     http_workers: int = Field(

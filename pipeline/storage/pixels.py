@@ -72,6 +72,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -101,6 +102,8 @@ PYRAMID_UNTIL = 1024
 DTYPES = frozenset(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4"))
 
 _GROUP_META = "zarr.json"
+#: Array layouts of local groups kept (see ZarrPixelStore._local_layout).
+_LAYOUTS_KEPT = 4096
 
 
 @runtime_checkable
@@ -108,6 +111,9 @@ class PixelStore(Protocol):
     """Decoded frames of instances, by blob storage key."""
 
     url: str
+    #: Reads are local file reads (page cache, no network): cheap and bounded
+    #: enough that the HTTP layer may do them on its event loop.
+    local: bool
 
     def write(
         self,
@@ -201,6 +207,8 @@ class ZarrPixelStore:
             self.pixels = self.root / PIXELS_FOLDER
             self.pixels.mkdir(parents=True, exist_ok=True)
             self._folders = DurableFolders(self.root)
+            self._layouts: dict[tuple[str, int], tuple[tuple[int, int, int], Any]] = {}
+            self._layouts_lock = threading.Lock()
         else:
             self.url = url.rstrip("/")
             # A sync file system for metadata checks and removal, and an async
@@ -329,19 +337,61 @@ class ZarrPixelStore:
         A viewer asks for single frames; through zarr-python each costs two
         metadata opens and event-loop round trips (~3.5 ms for a 512x512
         frame). When the frame is one chunk in the layout this module writes
-        (bytes + blosc codecs, "/" chunk keys), reading the metadata documents
-        and the chunk ourselves takes a fraction of that.
+        (bytes + blosc codecs, "/" chunk keys), reading the chunk ourselves
+        takes a fraction of that: a stat, the chunk, the decode into the
+        array returned.
         """
         folder = self.pixels / group_name(key)
         try:
-            group = json.loads((folder / _GROUP_META).read_bytes())
-            meta = json.loads((folder / str(level) / _GROUP_META).read_bytes())
+            layout = self._local_layout(folder, level)
         except (FileNotFoundError, NotADirectoryError):
             if not self.exists(key):
                 raise FileNotFoundError(f"no pixels for {key}") from None
             return None  # e.g. no such level: zarr says why
+        if layout is None:
+            return None
+        shape, dtype = layout
+        if not 0 <= index < shape[0]:
+            raise IndexError(f"frame {index} of {shape[0]}")
+        chunk = folder / str(level) / "c" / str(index) / "0" / "0"
+        if len(shape) == 4:
+            chunk = chunk / "0"
+        native = dtype.newbyteorder("=")
+        try:
+            raw = chunk.read_bytes()
+        except FileNotFoundError:
+            # An all-fill chunk need not be written (zarr's rule): zeros.
+            return np.zeros(shape[1:], dtype=native)
+        frame = np.empty(shape[1:], dtype=dtype)
+        Blosc().decode(raw, out=frame)
+        return frame if dtype == native else frame.astype(native)
+
+    def _local_layout(self, folder: Path, level: int) -> tuple[tuple[int, ...], np.dtype] | None:
+        """``(shape, little-endian dtype)`` of array ``level`` of a local group whose
+        frames are one chunk each in this module's layout; None for any other layout.
+
+        Kept per group folder and level, under the identity of the group's
+        ``zarr.json`` (inode, modification time, size): a local group is only
+        ever replaced whole, by a rename, so the same file means the same
+        arrays, and a stat replaces reading and parsing two JSON documents on
+        every frame a viewer asks for.
+
+        Raises
+        ------
+        FileNotFoundError, NotADirectoryError
+            No group, or no such level.
+        """
+        info = (folder / _GROUP_META).stat()
+        identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+        name = (str(folder), level)
+        with self._layouts_lock:
+            kept = self._layouts.get(name)
+        if kept is not None and kept[0] == identity:
+            return kept[1]
+        group = json.loads((folder / _GROUP_META).read_bytes())
+        meta = json.loads((folder / str(level) / _GROUP_META).read_bytes())
         if not _is_complete(group.get("attributes", {})):
-            raise FileNotFoundError(f"no complete pixels for {key}")
+            raise FileNotFoundError(f"no complete pixels in {folder.name}")
         shape = tuple(meta["shape"])
         chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
         codecs = [c["name"] for c in meta["codecs"]]
@@ -351,20 +401,12 @@ class ZarrPixelStore:
             and codecs == ["bytes", "blosc"]
             and meta["chunk_key_encoding"]["configuration"].get("separator") == "/"
         )
-        if not plain:
-            return None
-        if not 0 <= index < shape[0]:
-            raise IndexError(f"frame {index} of {shape[0]}")
-        chunk = folder / str(level) / "c" / str(index) / "0" / "0"
-        if len(shape) == 4:
-            chunk = chunk / "0"
-        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-        try:
-            raw = Blosc().decode(chunk.read_bytes())
-        except FileNotFoundError:
-            # An all-fill chunk need not be written (zarr's rule): zeros.
-            return np.zeros(shape[1:], dtype=dtype.newbyteorder("="))
-        return np.frombuffer(raw, dtype=dtype).reshape(shape[1:]).astype(dtype.newbyteorder("="))
+        layout = (shape, np.dtype(meta["data_type"]).newbyteorder("<")) if plain else None
+        with self._layouts_lock:
+            self._layouts[name] = (identity, layout)
+            while len(self._layouts) > _LAYOUTS_KEPT:
+                self._layouts.pop(next(iter(self._layouts)))
+        return layout
 
     def read_region(
         self, key: str, frame: int, y: int, x: int, height: int, width: int, level: int = 0

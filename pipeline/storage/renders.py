@@ -35,6 +35,8 @@ def check_variant(variant: str) -> str:
 @runtime_checkable
 class RenderStore(Protocol):
     url: str
+    #: Reads are local file reads (see PixelStore.local).
+    local: bool
 
     def put(self, key: str, variant: str, frame: int, data: bytes) -> None:
         """Store the encoded render of ``frame`` (1-based, as in PS3.18 frame lists)."""
@@ -61,6 +63,8 @@ def _relative(key: str, variant: str | None = None, frame: int | None = None) ->
 class LocalRenderStore:
     """Renders as files; a reader sees a whole file or none (rename)."""
 
+    local = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self.url = f"file://{self.root}"
@@ -86,6 +90,8 @@ class LocalRenderStore:
 
 class FsspecRenderStore:
     """Renders on any fsspec file system (an object PUT is atomic)."""
+
+    local = False
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")

@@ -237,6 +237,52 @@ def test_pending_pixels_answer_503(client: TestClient, runtime: Runtime, dicom_d
     response = client.get(url)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "not decoded" in response.json()["detail"]
+    # A row not ready is not kept: once decoded, the next request is answered.
+    DecodeService.from_settings(runtime.settings, runtime.index, runtime.blobs).run_once(limit=10)
+    assert client.get(url).status_code == 200
+
+
+def test_ready_rows_are_kept_for_a_moment(
+    client: TestClient, runtime: Runtime, stored: list[Stored], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer's next request for the same instance does not query the index again;
+    a request naming the wrong series is still refused."""
+    ct, cr = stored[0], stored[-1]
+    assert client.get(ct.url + "/rendered").status_code == 200
+    looked_up: list[str] = []
+    original = runtime.index.get_instance
+
+    def counted(uid: str) -> Any:
+        looked_up.append(uid)
+        return original(uid)
+
+    monkeypatch.setattr(runtime.index, "get_instance", counted)
+    for query in ({}, {"window": "40,400"}, {"quality": "70"}):
+        assert client.get(ct.url + "/rendered", params=query).status_code == 200
+    assert client.get(ct.url + "/thumbnail").status_code == 200
+    assert looked_up == []
+    assert client.get(ct.url.replace(ct.series, cr.series) + "/rendered").status_code == 404
+    assert client.get(cr.url + "/rendered").status_code == 200
+    assert looked_up == [cr.instance]
+
+
+def test_pixels_gone_answer_503_and_the_row_is_looked_up_again(
+    client: TestClient, runtime: Runtime, stored: list[Stored], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance was replaced under a kept row and its pixels are not there
+    (yet): 503 with Retry-After, not a server error, and the row is forgotten."""
+    ct = stored[0]
+    assert client.get(ct.url + "/rendered").status_code == 200
+
+    def gone(*_args: Any, **_kwargs: Any) -> Any:
+        raise FileNotFoundError("no pixels")
+
+    monkeypatch.setattr(runtime.pixels, "description", gone)
+    answer = client.get(ct.url + "/rendered", params={"window": "10,100"})
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert ct.instance not in client.app.state.ready_instances._entries  # type: ignore[attr-defined]
+    monkeypatch.undo()
+    assert client.get(ct.url + "/rendered", params={"window": "10,100"}).status_code == 200
 
 
 def test_ct_preset_is_rendered_once_then_cached(
@@ -326,8 +372,9 @@ def test_on_demand_renders_are_bounded(
                 running -= 1
 
     monkeypatch.setattr(rendered_module, "render_frame", counted)
+    # Worker threads only: a small frame would be rendered on the event loop.
     settings = runtime.settings.model_copy(
-        update={"render_concurrency": slots, "http_workers": workers}
+        update={"render_concurrency": slots, "http_workers": workers, "render_inline_pixels": 0}
     )
     app = create_app(settings, runtime)
 
@@ -343,6 +390,62 @@ def test_on_demand_renders_are_bounded(
 
     assert asyncio.run(fetch_all()) == [200] * 6
     assert peak == bound
+
+
+class _Remote:
+    """A pixel store that says it is not local files (an fsspec one would)."""
+
+    local = False
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize(
+    ("limit", "local", "on_loop"),
+    [(512 * 512, True, True), (512 * 512 - 1, True, False), (0, True, False),
+     (512 * 512, False, False)],
+)
+def test_small_frames_are_rendered_on_the_event_loop(
+    runtime: Runtime, stored: list[Stored], auth_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, limit: int, local: bool, on_loop: bool,
+) -> None:  # fmt: skip
+    """A 512 x 512 CT frame is rendered on the event loop when it is within
+    ``render_inline_pixels`` and the pixel store is local; otherwise in a worker
+    thread. Either way the answer is the same image."""
+    original = rendered_module.render_frame
+    threads: list[int] = []
+
+    def noted(*args: Any, **kwargs: Any) -> bytes:
+        threads.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rendered_module, "render_frame", noted)
+    if not local:  # as a remote store says of itself; reads are the local store's
+        monkeypatch.setattr(runtime, "pixels", _Remote(runtime.pixels))
+    settings = runtime.settings.model_copy(update={"render_inline_pixels": limit})
+    app = create_app(settings, runtime)
+    ct = stored[0]
+    row = runtime.index.get_instance(ct.instance)
+    assert row is not None and (row.rows, row.columns) == (512, 512)
+
+    async def fetch() -> tuple[int, bytes, str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     headers=auth_headers) as client:  # fmt: skip
+            answer = await client.get(f"{ct.url}/rendered", params={"window": "40,400,linear"})
+        return answer.status_code, answer.content, answer.headers["x-lightbox-render"]
+
+    status, content, how = asyncio.run(fetch())  # the loop runs in this thread
+    assert (status, how) == (200, "on-demand")
+    assert (threads == [threading.get_ident()]) is on_loop and len(threads) == 1
+    with TestClient(create_app(runtime.settings.model_copy(update={"render_inline_pixels": 0}),
+                               runtime), headers=auth_headers) as client:  # fmt: skip
+        threaded = client.get(f"{ct.url}/rendered", params={"window": "40,400,linear"})
+    assert threaded.content == content
 
 
 def test_recent_on_demand_renders_are_kept(

@@ -371,6 +371,47 @@ def test_lut_path_equals_float_path(dtype: Any, function: str) -> None:
                 np.testing.assert_array_equal(fast, slow)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_saturating_rows_equal_whole_tables(dtype: Any) -> None:
+    """A LINEAR or LINEAR_EXACT table is computed around its ramp only and filled
+    with its end values; rendered over every stored value the dtype has, it
+    must give the float path's bytes, for ordinary and awkward rescales and
+    windows (narrow, wide, a threshold, half outside or wholly outside the
+    stored range, inverted)."""
+    from pipeline.render.pipeline import _frame_column, _saturating_row
+
+    info = np.iinfo(dtype)
+    every = np.arange(info.min, info.max + 1, dtype=np.int64).astype(dtype)
+    frames = every.reshape(1, 1, -1)
+    windows = [(40.0, 400.0), (0.5, 1.0), (1.0, 1.0), (-3.25, 77.7), (float(info.max), 10.0),
+               (float(info.min), 3.0), (0.0, 1e9), (1e7, 20.0), (-1e7, 20.0), (120.0, 0.25)]
+    used = 0
+    for slope, intercept in ((1.0, 0.0), (0.37, -1024.5), (-2.0, 10.0), (1000.0, 3.0),
+                             (1e-6, 0.0), (2.5e-5, -0.75)):
+        for photometric in ("MONOCHROME2", "MONOCHROME1"):
+            description = _description(dtype, slope=slope, intercept=intercept)
+            description["photometric_interpretation"] = photometric
+            for window in windows:
+                for function in ("LINEAR", "LINEAR_EXACT"):
+                    fast = render(frames, description, window=window, function=function)
+                    slow = render(frames, description, window=window, function=function, fast=False)
+                    np.testing.assert_array_equal(
+                        fast, slow, err_msg=f"{slope} {intercept} {photometric} {window} {function}"
+                    )
+                    row = _saturating_row(description, (*window, function), True, np.dtype(dtype),
+                                          _frame_column([slope], 1, np, 2),
+                                          _frame_column([intercept], 1, np, 2), np)
+                    used += row is not None
+    # The short cut is taken where the window is within reach of the stored values
+    # (72 to 144 of these 240, by dtype); a CT window on 16-bit CT values always.
+    assert used >= 60
+    if info.bits == 16:
+        ct = _description(dtype, intercept=-1024.0)
+        one, offset = _frame_column([1.0], 1, np, 2), _frame_column([-1024.0], 1, np, 2)
+        assert _saturating_row(ct, (40.0, 400.0, "LINEAR"), False, np.dtype(dtype), one, offset,
+                               np) is not None
+
+
 def test_lut_path_equals_float_path_per_frame_windows() -> None:
     rng = np.random.default_rng(3)
     frames = rng.integers(-1024, 3000, (3, 20, 20), dtype=np.int16)

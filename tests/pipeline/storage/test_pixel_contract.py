@@ -264,6 +264,27 @@ def test_rewrite_replaces(store: ZarrPixelStore) -> None:
         assert _hidden_entries(store) == []  # the old group was removed
 
 
+def test_a_rewrite_after_reads_reads_the_new_frames(store: ZarrPixelStore) -> None:
+    """Local reads keep each group's array layout; a rewrite (same key, another
+    shape and dtype) must be seen at once, frames and description."""
+    key = new_storage_key()
+    old = _random((3, 64, 48), "i2")
+    store.write(key, old, {"version": 1})
+    np.testing.assert_array_equal(store.read_frame(key, 2), old[2])
+    for version, new in enumerate((_random((1, 20, 10, 3), "u1"), _random((2, 64, 48), "u2")), 2):
+        store.write(key, new, {"version": version})
+        for index in range(new.shape[0]):
+            got = store.read_frame(key, index)
+            assert got.dtype == new.dtype and got.flags.writeable
+            np.testing.assert_array_equal(got, new[index])
+        assert store.description(key) == {"version": version}
+        with pytest.raises(IndexError):
+            store.read_frame(key, new.shape[0])
+    store.delete(key)
+    with pytest.raises(FileNotFoundError):
+        store.read_frame(key, 0)
+
+
 def test_failed_write_leaves_no_group(
     store: ZarrPixelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
