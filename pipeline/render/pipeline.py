@@ -543,6 +543,30 @@ def _build_tables(
     return xp.stack(rows)
 
 
+#: Values looked up per numpy.take call in :func:`_apply_table`.
+_TAKE_SLICE = 1 << 18
+
+
+def _apply_table(table: Any, index: Any, xp: Any) -> Any:
+    """``table[index]`` for raw bits ``index`` (every value is inside the table).
+
+    numpy's take turns the index into a temporary array of intp, 8 bytes a
+    value: for a 4664 x 3064 mammogram 114 MB, written and read back from
+    memory. In slices of 256 Ki values that temporary stays in the cache,
+    and the lookup takes half the time (23 -> 11 ms); a CT slice is one
+    slice. ``mode="clip"`` lets numpy write into ``out`` unbuffered.
+    """
+    if xp is not numpy or index.size <= _TAKE_SLICE:
+        return xp.take(table, index)
+    source = numpy.ascontiguousarray(index).reshape(-1)
+    out = numpy.empty(index.shape, dtype=table.dtype)
+    flat = out.reshape(-1)
+    for start in range(0, source.shape[0], _TAKE_SLICE):
+        stop = start + _TAKE_SLICE
+        numpy.take(table, source[start:stop], out=flat[start:stop], mode="clip")
+    return out
+
+
 def _render_lut(
     frames: Any,
     description: Mapping[str, Any],
@@ -562,7 +586,7 @@ def _render_lut(
         if tables is None:
             tables = _build_tables(description, kind, [], signed, frames.dtype, xp)
             _TABLES.put(xp, frames.dtype, kind, [], signed, description, tables)
-        return xp.take(tables[0], index)
+        return _apply_table(tables[0], index, xp)
 
     if any(p is None for p in plan):
         # Full-range default: the smallest and largest modality value present.
@@ -591,6 +615,8 @@ def _render_lut(
         tables = _build_tables(description, kind, params, signed, frames.dtype, xp)
         _TABLES.put(xp, frames.dtype, kind, params, signed, description, tables)
     if len(params) == 1:
-        return xp.take(tables[0], index)
+        return _apply_table(tables[0], index, xp)
+    if xp is numpy:
+        return numpy.stack([_apply_table(tables[g], index[f], xp) for f, g in enumerate(per_frame)])
     group = xp.asarray(numpy.asarray(per_frame, dtype=numpy.int64)).reshape(count, 1, 1)
     return tables[group, index.astype(xp.int64)]

@@ -323,7 +323,7 @@ class ZarrPixelStore:
             ``index`` or ``level`` out of range.
         """
         if self.local:
-            frame = self._read_local_frame(key, index, level)
+            frame = self._read_local(key, index, level, None)
             if frame is not None:
                 return frame
         array = self._array(key, level)
@@ -331,15 +331,19 @@ class ZarrPixelStore:
             raise IndexError(f"frame {index} of {array.shape[0]}")
         return array[index]
 
-    def _read_local_frame(self, key: str, index: int, level: int) -> np.ndarray | None:
-        """One frame read straight from its chunk file, or None to let zarr do it.
+    def _read_local(
+        self, key: str, index: int, level: int, region: tuple[int, int, int, int] | None
+    ) -> np.ndarray | None:
+        """A frame, or a ``(y, x, height, width)`` region of it, read straight from
+        its chunk files; None to let zarr do it.
 
-        A viewer asks for single frames; through zarr-python each costs two
-        metadata opens and event-loop round trips (~3.5 ms for a 512x512
-        frame). When the frame is one chunk in the layout this module writes
-        (bytes + blosc codecs, "/" chunk keys), reading the chunk ourselves
-        takes a fraction of that: a stat, the chunk, the decode into the
-        array returned.
+        A viewer asks for single frames and tiles; through zarr-python each
+        costs metadata opens and event-loop round trips (~3.5 ms for a
+        512x512 frame, 37 ms for a 4664x3064 mammogram of 54 tiles). In the
+        layout this module writes (one frame per chunk row, bytes + blosc
+        codecs, "/" chunk keys, fill value 0), reading the chunks ourselves
+        takes a fraction of that: a stat, then each chunk the region touches,
+        decoded in place when the region holds the whole chunk.
         """
         folder = self.pixels / group_name(key)
         try:
@@ -350,25 +354,41 @@ class ZarrPixelStore:
             return None  # e.g. no such level: zarr says why
         if layout is None:
             return None
-        shape, dtype = layout
-        if not 0 <= index < shape[0]:
-            raise IndexError(f"frame {index} of {shape[0]}")
-        chunk = folder / str(level) / "c" / str(index) / "0" / "0"
-        if len(shape) == 4:
-            chunk = chunk / "0"
+        shape, chunks, dtype = layout
+        y, x, height, width = region if region is not None else (0, 0, shape[1], shape[2])
+        _check_region(shape, index, y, x, height, width)
+        out = np.zeros((height, width, *shape[3:]), dtype=dtype)
+        step_y, step_x = chunks[1], chunks[2]
+        tile = None
+        for ty in range(y // step_y, (y + height - 1) // step_y + 1):
+            for tx in range(x // step_x, (x + width - 1) // step_x + 1):
+                path = folder / str(level) / "c" / str(index) / str(ty) / str(tx)
+                if len(shape) == 4:
+                    path = path / "0"
+                try:
+                    raw = path.read_bytes()
+                except FileNotFoundError:
+                    continue  # an all-fill chunk need not be written (zarr's rule): zeros
+                top, left = ty * step_y, tx * step_x
+                # The part of this chunk inside the region.
+                y0, y1 = max(y, top), min(y + height, top + step_y)
+                x0, x1 = max(x, left), min(x + width, left + step_x)
+                target = out[y0 - y : y1 - y, x0 - x : x1 - x]
+                if target.shape[:2] == (step_y, step_x) and target.flags.c_contiguous:
+                    Blosc().decode(raw, out=target)
+                    continue
+                if tile is None:
+                    tile = np.empty(chunks[1:], dtype=dtype)
+                Blosc().decode(raw, out=tile)
+                target[...] = tile[y0 - top : y1 - top, x0 - left : x1 - left]
         native = dtype.newbyteorder("=")
-        try:
-            raw = chunk.read_bytes()
-        except FileNotFoundError:
-            # An all-fill chunk need not be written (zarr's rule): zeros.
-            return np.zeros(shape[1:], dtype=native)
-        frame = np.empty(shape[1:], dtype=dtype)
-        Blosc().decode(raw, out=frame)
-        return frame if dtype == native else frame.astype(native)
+        return out if dtype == native else out.astype(native)
 
-    def _local_layout(self, folder: Path, level: int) -> tuple[tuple[int, ...], np.dtype] | None:
-        """``(shape, little-endian dtype)`` of array ``level`` of a local group whose
-        frames are one chunk each in this module's layout; None for any other layout.
+    def _local_layout(
+        self, folder: Path, level: int
+    ) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype] | None:
+        """``(shape, chunks, little-endian dtype)`` of array ``level`` of a local group
+        in this module's layout (see :meth:`_read_local`); None for any other.
 
         Kept per group folder and level, under the identity of the group's
         ``zarr.json`` (inode, modification time, size): a local group is only
@@ -396,12 +416,14 @@ class ZarrPixelStore:
         chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
         codecs = [c["name"] for c in meta["codecs"]]
         plain = (
-            chunks[1:] == shape[1:]
-            and chunks[0] == 1
+            chunks[0] == 1
+            and chunks[3:] == shape[3:]
             and codecs == ["bytes", "blosc"]
             and meta["chunk_key_encoding"]["configuration"].get("separator") == "/"
+            and meta.get("fill_value") == 0
         )
-        layout = (shape, np.dtype(meta["data_type"]).newbyteorder("<")) if plain else None
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        layout = (shape, chunks, dtype) if plain else None
         with self._layouts_lock:
             self._layouts[name] = (identity, layout)
             while len(self._layouts) > _LAYOUTS_KEPT:
@@ -423,17 +445,12 @@ class ZarrPixelStore:
         IndexError
             The frame, the level or any part of the region is outside the image.
         """
+        if self.local:
+            region = self._read_local(key, frame, level, (y, x, height, width))
+            if region is not None:
+                return region
         array = self._array(key, level)
-        rows, columns = array.shape[1:3]
-        inside = (
-            0 <= frame < array.shape[0]
-            and height > 0
-            and width > 0
-            and 0 <= y <= rows - height
-            and 0 <= x <= columns - width
-        )
-        if not inside:
-            raise IndexError(f"region {frame}:{y}+{height}:{x}+{width} outside {array.shape[:3]}")
+        _check_region(array.shape, frame, y, x, height, width)
         return array[frame, y : y + height, x : x + width]
 
     def read_lut(self, key: str, name: str) -> np.ndarray:
@@ -534,6 +551,21 @@ class ZarrPixelStore:
             _remove_tree(tmp)
             removed += 1
         return removed
+
+
+def _check_region(shape: tuple[int, ...], frame: int, y: int, x: int, height: int,
+                  width: int) -> None:  # fmt: skip
+    """IndexError unless the region is a non-empty part of frame ``frame`` of ``shape``."""
+    rows, columns = shape[1], shape[2]
+    inside = (
+        0 <= frame < shape[0]
+        and height > 0
+        and width > 0
+        and 0 <= y <= rows - height
+        and 0 <= x <= columns - width
+    )
+    if not inside:
+        raise IndexError(f"region {frame}:{y}+{height}:{x}+{width} outside {tuple(shape[:3])}")
 
 
 def open_pixel_store(storage_url: str) -> PixelStore:

@@ -412,6 +412,24 @@ def test_saturating_rows_equal_whole_tables(dtype: Any) -> None:
                                np) is not None
 
 
+def test_large_frames_are_looked_up_in_slices() -> None:
+    """Frames of more than 256 Ki values are looked up slice by slice (to keep
+    numpy's temporary index in the cache): same bytes as the float path, for one
+    table and for a table per frame."""
+    from pipeline.render.pipeline import _TAKE_SLICE
+
+    rng = np.random.default_rng(11)
+    frames = rng.integers(-1024, 3072, (2, 700, 701), dtype=np.int16)
+    assert frames[0].size > _TAKE_SLICE
+    description = _description(np.int16, intercept=-1024.0, frames=2)
+    for window in ((40.0, 400.0), None):
+        np.testing.assert_array_equal(render(frames, description, window=window),
+                                      render(frames, description, window=window, fast=False))
+    description["windows"] = [[{"center": 40.0, "width": 400.0, "function": "LINEAR"}],
+                              [{"center": 300.0, "width": 1500.0, "function": "SIGMOID"}]]
+    np.testing.assert_array_equal(render(frames, description), render(frames, description, fast=False))
+
+
 def test_lut_path_equals_float_path_per_frame_windows() -> None:
     rng = np.random.default_rng(3)
     frames = rng.integers(-1024, 3000, (3, 20, 20), dtype=np.int16)
