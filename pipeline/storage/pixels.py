@@ -357,23 +357,28 @@ class ZarrPixelStore:
         shape, chunks, dtype = layout
         y, x, height, width = region if region is not None else (0, 0, shape[1], shape[2])
         _check_region(shape, index, y, x, height, width)
-        out = np.zeros((height, width, *shape[3:]), dtype=dtype)
+        # Every element is written below: a decoded chunk, or zeros where zarr
+        # wrote no chunk because it was all fill value (0).
+        out = np.empty((height, width, *shape[3:]), dtype=dtype)
         step_y, step_x = chunks[1], chunks[2]
+        prefix = os.path.join(folder, str(level), "c", str(index), "")
+        suffix = "/0" if len(shape) == 4 else ""
         tile = None
         for ty in range(y // step_y, (y + height - 1) // step_y + 1):
             for tx in range(x // step_x, (x + width - 1) // step_x + 1):
-                path = folder / str(level) / "c" / str(index) / str(ty) / str(tx)
-                if len(shape) == 4:
-                    path = path / "0"
-                try:
-                    raw = path.read_bytes()
-                except FileNotFoundError:
-                    continue  # an all-fill chunk need not be written (zarr's rule): zeros
                 top, left = ty * step_y, tx * step_x
+                try:
+                    with open(f"{prefix}{ty}/{tx}{suffix}", "rb") as chunk:
+                        raw = chunk.read()
+                except FileNotFoundError:
+                    raw = None
                 # The part of this chunk inside the region.
                 y0, y1 = max(y, top), min(y + height, top + step_y)
                 x0, x1 = max(x, left), min(x + width, left + step_x)
                 target = out[y0 - y : y1 - y, x0 - x : x1 - x]
+                if raw is None:
+                    target[...] = 0
+                    continue
                 if target.shape[:2] == (step_y, step_x) and target.flags.c_contiguous:
                     Blosc().decode(raw, out=target)
                     continue
