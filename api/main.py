@@ -101,6 +101,7 @@ def create_app(
     app.state.render_limiter = anyio.CapacityLimiter(share)
     app.state.recent_renders = RecentRenders(resolved.render_cache_bytes)
     app.state.ready_instances = ReadyInstances()
+    app.state.renders_in_flight = {}  # ETag -> api.routes.rendered._Flight
     # A request holds at least one dataset: never refuse what one part may be.
     app.state.max_request_bytes = max(resolved.max_request_bytes, resolved.max_dataset_bytes)
     install_error_handlers(app)

@@ -453,15 +453,48 @@ async def _serve(
     if _inline(request, runtime, pixels):
         data = produce()
     else:
-        # At most render_concurrency renders at once; the rest wait here,
-        # not in threads contending for the GIL.
-        data = await anyio.to_thread.run_sync(produce, limiter=request.app.state.render_limiter)
+        data = await _render_once(request, etag, produce)
     headers["X-Lightbox-Render"] = "on-demand"
     if cache and variant is not None:
         await run_in_threadpool(runtime.renders.put, key, variant, frame, data)
     else:
         recent.put(etag, data)
     return Response(content=data, media_type=media_type, headers=headers)
+
+
+class _Flight:
+    """One on-demand render in a worker thread, awaited by every request for its ETag."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.data: bytes | None = None
+
+
+async def _render_once(request: Request, etag: str, produce: Callable[[], bytes]) -> bytes:
+    """``produce()`` in a worker thread, once for concurrent requests of one rendition.
+
+    Sixteen viewers opening the same mammogram with the same window would
+    otherwise render it sixteen times, one after another through the limiter
+    (measured: p99 615 ms against 50 ms for one render). The others wait for
+    the first and answer its bytes; if it fails or is cancelled (its client
+    went away), the next waiter renders in its place.
+    """
+    flights: dict[str, _Flight] = request.app.state.renders_in_flight
+    while (flight := flights.get(etag)) is not None:
+        await flight.done.wait()
+        if flight.data is not None:
+            return flight.data
+    flight = flights[etag] = _Flight()
+    try:
+        # At most render_concurrency renders at once; the rest wait here,
+        # not in threads contending for the GIL.
+        flight.data = await anyio.to_thread.run_sync(
+            produce, limiter=request.app.state.render_limiter
+        )
+        return flight.data
+    finally:
+        del flights[etag]
+        flight.done.set()
 
 
 # --------------------------------------------------------------------------- routes

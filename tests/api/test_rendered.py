@@ -392,6 +392,51 @@ def test_on_demand_renders_are_bounded(
     assert peak == bound
 
 
+def test_concurrent_requests_for_one_rendition_render_it_once(
+    runtime: Runtime, stored: list[Stored], auth_headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Six viewers ask the same new window at once: one render, six equal answers.
+    When that render fails, a waiting request renders in its place."""
+    original = rendered_module.render_frame
+    calls: list[float] = []
+    fail_first = [True]
+
+    def slow(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(time.monotonic())
+        time.sleep(0.1)
+        if fail_first[0]:
+            fail_first[0] = False
+            raise FileNotFoundError("replaced meanwhile")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rendered_module, "render_frame", slow)
+    settings = runtime.settings.model_copy(
+        update={"render_concurrency": 4, "render_inline_pixels": 0}
+    )
+    app = create_app(settings, runtime)
+
+    async def fetch_all(window: str) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     headers=auth_headers) as client:  # fmt: skip
+            return list(await asyncio.gather(*(
+                client.get(f"{stored[0].url}/rendered", params={"window": window})
+                for _ in range(6)
+            )))  # fmt: skip
+
+    answers = asyncio.run(fetch_all("40,400,linear"))
+    # The first render failed (its request: 503); the next waiter rendered for the rest.
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [503]
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.1
+    assert len({a.content for a in answers if a.status_code == 200}) == 1
+    assert app.state.renders_in_flight == {}
+    calls.clear()
+    answers = asyncio.run(fetch_all("50,500,linear"))
+    assert [a.status_code for a in answers] == [200] * 6 and len(calls) == 1
+    assert len({a.content for a in answers}) == 1
+
+
 class _Remote:
     """A pixel store that says it is not local files (an fsspec one would)."""
 
