@@ -5,8 +5,9 @@
   (300, 512, 512) int16 array; description of the generated slices: rescale
   slope 1, intercept -1024, MONOCHROME2) with ``window=(40, 400)``: the LUT path
   (one 64 Ki-entry uint8 table, indexed by the raw uint16 view), the whole
-  volume in one call, and one slice per call (what an on-demand ``/rendered``
-  request does: the table is built on every call); the float path
+  volume in one call, one slice per call (what an on-demand ``/rendered``
+  request does), with one window (its table kept) or a new window on every
+  call (its table built, around the window's ramp); the float path
   (``fast=False``) for comparison. The mammogram
   (``/work/shared/data/dicom/mg/MG1_J2KI``, 4664x3064 12-bit, JPEG 2000
   lossy), decoded once with :func:`pipeline.decode.pixels.decode_instance`:
@@ -154,7 +155,8 @@ def test_render_ct_volume_float(benchmark, ct, xp) -> None:  # type: ignore[no-u
 
 
 def test_render_ct_one_slice(benchmark, ct) -> None:  # type: ignore[no-untyped-def]
-    """One slice per call: what on-demand /rendered does (table built every call)."""
+    """One slice per call with one window: a viewer scrolling a series (the
+    window's table is built on the first call and kept, pipeline._TABLES)."""
     volume, description = ct
     one = _repeat(description, 1)
     slices = itertools.cycle(range(volume.shape[0]))
@@ -166,13 +168,30 @@ def test_render_ct_one_slice(benchmark, ct) -> None:  # type: ignore[no-untyped-
                       frames=1, decoded_bytes=volume[0].nbytes)
 
 
+def test_render_ct_one_slice_new_window(benchmark, ct) -> None:  # type: ignore[no-untyped-def]
+    """One slice per call with a window never asked before: a user dragging the
+    window (the table is built on every call, around the window's ramp)."""
+    volume, description = ct
+    one = _repeat(description, 1)
+    slices = itertools.cycle(range(volume.shape[0]))
+    widths = (400.0 + n * 1e-6 for n in itertools.count(1))
+    benchmark.pedantic(
+        lambda: render(volume[next(slices)][np.newaxis], one, window=(40.0, next(widths))),
+        rounds=300, warmup_rounds=5,
+    )
+    report_throughput(benchmark, "render CT 1 slice per call, new window (numpy)",
+                      frames=1, decoded_bytes=volume[0].nbytes)
+
+
 def test_render_ct_one_slice_table_only(benchmark, ct) -> None:  # type: ignore[no-untyped-def]
-    """The fixed cost of a call: the 64 Ki-entry table, on a 1x1 frame."""
+    """The fixed cost of a new window: its table, on a 1x1 frame."""
     volume, description = ct
     one = _repeat(description, 1)
     tiny = np.ascontiguousarray(volume[:1, :1, :1])
-    benchmark.pedantic(lambda: render(tiny, one, window=WINDOW), rounds=300, warmup_rounds=5)
-    report_throughput(benchmark, "render 1x1 frame (the table alone)", frames=1,
+    widths = (400.0 + n * 1e-6 for n in itertools.count(1))
+    benchmark.pedantic(lambda: render(tiny, one, window=(40.0, next(widths))), rounds=300,
+                       warmup_rounds=5)
+    report_throughput(benchmark, "render 1x1 frame, new window (the table alone)", frames=1,
                       decoded_bytes=tiny.nbytes)
 
 
