@@ -340,7 +340,7 @@ class ZarrPixelStore:
         A viewer asks for single frames and tiles; through zarr-python each
         costs metadata opens and event-loop round trips (~3.5 ms for a
         512x512 frame, 37 ms for a 4664x3064 mammogram of 54 tiles). In the
-        layout this module writes (one frame per chunk row, bytes + blosc
+        layout this module writes (chunks one frame deep, bytes + blosc
         codecs, "/" chunk keys, fill value 0), reading the chunks ourselves
         takes a fraction of that: a stat, then each chunk the region touches,
         decoded in place when the region holds the whole chunk.

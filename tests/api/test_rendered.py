@@ -19,6 +19,7 @@ from PIL import Image
 
 import api.routes.rendered as rendered_module
 import pipeline.render.pipeline as render_pipeline
+from api.instance_cache import ReadyInstances
 from api.main import create_app
 from pipeline.decode.service import DecodeService
 from pipeline.index.records import Provenance
@@ -248,6 +249,8 @@ def test_ready_rows_are_kept_for_a_moment(
     """A viewer's next request for the same instance does not query the index again;
     a request naming the wrong series is still refused."""
     ct, cr = stored[0], stored[-1]
+    # Kept for an hour here, so that a slow test machine cannot expire them.
+    client.app.state.ready_instances = ReadyInstances(ttl=3600)  # type: ignore[attr-defined]
     assert client.get(ct.url + "/rendered").status_code == 200
     looked_up: list[str] = []
     original = runtime.index.get_instance
