@@ -227,7 +227,9 @@ class Lightbox(Server):
         return out.stdout.strip().splitlines()[-1]
 
     #: Settings a run may set in its own environment (the rest are the benchmark's).
-    PASSED_THROUGH = ("LIGHTBOX_HTTP_WORKERS", "LIGHTBOX_RENDER_CONCURRENCY")
+    PASSED_THROUGH = (
+        "LIGHTBOX_HTTP_WORKERS", "LIGHTBOX_RENDER_CONCURRENCY", "LIGHTBOX_RENDER_INLINE_PIXELS",
+    )
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
