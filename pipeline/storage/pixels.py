@@ -343,7 +343,8 @@ class ZarrPixelStore:
         layout this module writes (chunks one frame deep, bytes + blosc
         codecs, "/" chunk keys, fill value 0), reading the chunks ourselves
         takes a fraction of that: a stat, then each chunk the region touches,
-        decoded in place when the region holds the whole chunk.
+        decoded straight into the array returned when the chunk is the whole
+        frame, else into one chunk-sized buffer and copied from there.
         """
         folder = self.pixels / group_name(key)
         try:
